@@ -1,0 +1,168 @@
+//! Runtime options: containerd's `containerd.runc.v1.Options`, or the legacy
+//! `containerd.linux.runc.CreateOptions` that clients send to runtime types outside
+//! `io.containerd.runc.`, folded into one struct every backend reads.
+use std::path::Path;
+
+use protobuf::well_known_types::any::Any;
+use protobuf::Message;
+use protos::runctypes::CreateOptions;
+use protos::shim::oci::Options;
+use protos::type_urls;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The options a shim honours, whichever message carried them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeOptions {
+    pub binary_name: String,
+    pub root: String,
+    pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+    pub shim_cgroup: String,
+    pub io_uid: u32,
+    pub io_gid: u32,
+    pub criu_path: String,
+    pub criu_image_path: String,
+    pub criu_work_path: String,
+}
+
+/// The file in the bundle where the options are kept for the `delete` action, which runs in a
+/// fresh process after the serving shim died.
+pub const OPTIONS_FILE: &str = "options.json";
+
+fn strip_prefix(type_url: &str) -> &str {
+    type_url.rsplit('/').next().unwrap_or(type_url)
+}
+
+impl RuntimeOptions {
+    /// Decodes the options Any of a Create request or of the shim's stdin.
+    /// An empty or absent Any means defaults.
+    pub fn from_any(any: Option<&Any>) -> Result<Self, Error> {
+        let Some(any) = any.filter(|a| !a.type_url.is_empty()) else {
+            return Ok(Self::default());
+        };
+        let bad = |e: protobuf::Error| Error::InvalidArgument(format!("decode {}: {e}", any.type_url));
+        match strip_prefix(&any.type_url) {
+            type_urls::RUNC_OPTIONS => {
+                let o = Options::parse_from_bytes(&any.value).map_err(bad)?;
+                Ok(Self {
+                    binary_name: o.binary_name,
+                    root: o.root,
+                    systemd_cgroup: o.systemd_cgroup,
+                    no_pivot_root: o.no_pivot_root,
+                    no_new_keyring: o.no_new_keyring,
+                    shim_cgroup: o.shim_cgroup,
+                    io_uid: o.io_uid,
+                    io_gid: o.io_gid,
+                    criu_image_path: o.criu_image_path,
+                    criu_work_path: o.criu_work_path,
+                    // Options dropped CriuPath (field 8); runc finds criu on PATH.
+                    criu_path: String::new(),
+                })
+            }
+            type_urls::LEGACY_CREATE_OPTIONS => {
+                let o = CreateOptions::parse_from_bytes(&any.value).map_err(bad)?;
+                Ok(Self {
+                    no_pivot_root: o.no_pivot_root,
+                    no_new_keyring: o.no_new_keyring,
+                    shim_cgroup: o.shim_cgroup,
+                    io_uid: o.io_uid,
+                    io_gid: o.io_gid,
+                    criu_image_path: o.criu_image_path,
+                    criu_work_path: o.criu_work_path,
+                    ..Self::default()
+                })
+            }
+            other => Err(Error::InvalidArgument(format!(
+                "unsupported runtime options type {other:?}: expected {} or {}",
+                type_urls::RUNC_OPTIONS,
+                type_urls::LEGACY_CREATE_OPTIONS
+            ))),
+        }
+    }
+
+    /// Decodes options from raw bytes of a marshalled Any (the shim's stdin at `start`).
+    pub fn from_any_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.is_empty() {
+            return Ok(Self::default());
+        }
+        let any = Any::parse_from_bytes(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("decode runtime options: {e}")))?;
+        Self::from_any(Some(&any))
+    }
+
+    pub fn save(&self, bundle: &Path) -> Result<(), Error> {
+        let path = bundle.join(OPTIONS_FILE);
+        let data = serde_json::to_vec(self).expect("options serialize");
+        std::fs::write(&path, data).map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    /// Reads what [`save`](Self::save) wrote; defaults when the file is missing.
+    pub fn load(bundle: &Path) -> Self {
+        std::fs::read(bundle.join(OPTIONS_FILE))
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any_of(type_url: &str, msg: &dyn protobuf::MessageDyn) -> Any {
+        Any {
+            type_url: type_url.into(),
+            value: msg.write_to_bytes_dyn().unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_runc_options() {
+        let o = Options {
+            binary_name: "crun".into(),
+            root: "/run/x".into(),
+            no_pivot_root: true,
+            io_uid: 7,
+            ..Default::default()
+        };
+        let got = RuntimeOptions::from_any(Some(&any_of("containerd.runc.v1.Options", &o))).unwrap();
+        assert_eq!(got.binary_name, "crun");
+        assert_eq!(got.root, "/run/x");
+        assert!(got.no_pivot_root);
+        assert_eq!(got.io_uid, 7);
+    }
+
+    #[test]
+    fn decodes_legacy_create_options_with_url_prefix() {
+        let o = CreateOptions {
+            no_new_keyring: true,
+            io_gid: 9,
+            ..Default::default()
+        };
+        let any = any_of("type.googleapis.com/containerd.linux.runc.CreateOptions", &o);
+        let got = RuntimeOptions::from_any(Some(&any)).unwrap();
+        assert!(got.no_new_keyring);
+        assert_eq!(got.io_gid, 9);
+    }
+
+    #[test]
+    fn rejects_unknown_type() {
+        let any = Any {
+            type_url: "foo.Bar".into(),
+            ..Default::default()
+        };
+        let err = RuntimeOptions::from_any(Some(&any)).unwrap_err();
+        assert!(err.to_string().contains("foo.Bar"), "{err}");
+    }
+
+    #[test]
+    fn empty_means_defaults() {
+        assert_eq!(RuntimeOptions::from_any(None).unwrap(), RuntimeOptions::default());
+        assert_eq!(RuntimeOptions::from_any_bytes(&[]).unwrap(), RuntimeOptions::default());
+    }
+}

@@ -1,0 +1,2 @@
+//! The ttrpc task service.
+pub mod status;
