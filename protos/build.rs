@@ -4,7 +4,8 @@ use std::{env, fs, path::PathBuf};
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 fn main() {
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("runctypes");
+    let out =
+        PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR is set by cargo")).join("runctypes");
     fs::create_dir_all(&out).expect("create OUT_DIR/runctypes");
     println!("cargo:rerun-if-changed=proto");
     Codegen::new()

@@ -76,8 +76,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<u32, BackendError>;
 
     /// Signals the init process, or with `all` every process of the container.
-    async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool)
-        -> Result<(), BackendError>;
+    async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError>;
 
     async fn pause(&self, _info: &ContainerInfo) -> Result<(), BackendError> {
         Err(BackendError::NotImplemented("pause"))

@@ -44,7 +44,8 @@ impl RuntimeOptions {
         let Some(any) = any.filter(|a| !a.type_url.is_empty()) else {
             return Ok(Self::default());
         };
-        let bad = |e: protobuf::Error| Error::InvalidArgument(format!("decode {}: {e}", any.type_url));
+        let bad =
+            |e: protobuf::Error| Error::InvalidArgument(format!("decode {}: {e}", any.type_url));
         match strip_prefix(&any.type_url) {
             type_urls::RUNC_OPTIONS => {
                 let o = Options::parse_from_bytes(&any.value).map_err(bad)?;
@@ -130,7 +131,8 @@ mod tests {
             io_uid: 7,
             ..Default::default()
         };
-        let got = RuntimeOptions::from_any(Some(&any_of("containerd.runc.v1.Options", &o))).unwrap();
+        let got =
+            RuntimeOptions::from_any(Some(&any_of("containerd.runc.v1.Options", &o))).unwrap();
         assert_eq!(got.binary_name, "crun");
         assert_eq!(got.root, "/run/x");
         assert!(got.no_pivot_root);
@@ -144,7 +146,10 @@ mod tests {
             io_gid: 9,
             ..Default::default()
         };
-        let any = any_of("type.googleapis.com/containerd.linux.runc.CreateOptions", &o);
+        let any = any_of(
+            "type.googleapis.com/containerd.linux.runc.CreateOptions",
+            &o,
+        );
         let got = RuntimeOptions::from_any(Some(&any)).unwrap();
         assert!(got.no_new_keyring);
         assert_eq!(got.io_gid, 9);
@@ -162,7 +167,13 @@ mod tests {
 
     #[test]
     fn empty_means_defaults() {
-        assert_eq!(RuntimeOptions::from_any(None).unwrap(), RuntimeOptions::default());
-        assert_eq!(RuntimeOptions::from_any_bytes(&[]).unwrap(), RuntimeOptions::default());
+        assert_eq!(
+            RuntimeOptions::from_any(None).unwrap(),
+            RuntimeOptions::default()
+        );
+        assert_eq!(
+            RuntimeOptions::from_any_bytes(&[]).unwrap(),
+            RuntimeOptions::default()
+        );
     }
 }

@@ -68,7 +68,10 @@ mod tests {
             message: "exec: \"nope\": executable file not found".into(),
         }));
         assert_eq!(c, Code::UNKNOWN);
-        assert!(m.contains("runc create failed") && m.contains("nope"), "{m}");
+        assert!(
+            m.contains("runc create failed") && m.contains("nope"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -78,6 +81,9 @@ mod tests {
             std::io::Error::from_raw_os_error(libc::ENOENT),
         ));
         assert_eq!(c, Code::INTERNAL);
-        assert!(m.contains("open fifo /x") && m.contains("No such file"), "{m}");
+        assert!(
+            m.contains("open fifo /x") && m.contains("No such file"),
+            "{m}"
+        );
     }
 }

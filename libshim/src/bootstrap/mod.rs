@@ -1,0 +1,284 @@
+//! The shim binary's entry point: `start` (spawn or reuse the serving process), `delete`
+//! (clean up after a dead shim), `-v`, and serving the task API.
+mod address;
+mod args;
+mod logger;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use protobuf::{Message, MessageField};
+use protos::api::DeleteResponse;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+pub use address::{group_of, socket_path, GROUP_ANNOTATIONS};
+pub use args::Args;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::events::{timestamp, Publisher};
+use crate::options::RuntimeOptions;
+use crate::service::{ttrpc_services, TaskService};
+use crate::{mount, reaper, sys};
+
+/// The environment variable naming the fd of the listening socket `start` hands down.
+const LISTEN_FD_ENV: &str = "LIBSHIM_LISTEN_FD";
+
+/// Runs the shim: parses the command line and does what it asks. Never returns.
+pub fn run<B: Backend, F: FnOnce() -> B>(binary_name: &str, make_backend: F) -> ! {
+    let args = match Args::parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => fail(binary_name, &e),
+    };
+    if args.version {
+        println!("{binary_name}:");
+        println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
+        println!("  Backend:  {}", make_backend().name());
+        std::process::exit(0);
+    }
+    let result = match args.action.as_deref() {
+        Some("start") => start(&args),
+        Some("delete") => delete(&args, make_backend()),
+        Some(other) => Err(Error::InvalidArgument(format!("unknown action {other:?}"))),
+        None => serve(&args, make_backend()),
+    };
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => fail(binary_name, &e.to_string()),
+    }
+}
+
+fn fail(binary_name: &str, msg: &str) -> ! {
+    log::error!("{msg}");
+    eprintln!("{binary_name}: {msg}");
+    std::process::exit(1)
+}
+
+fn require(args: &Args) -> Result<()> {
+    if args.namespace.is_empty() || args.id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "-namespace and -id are required".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn bundle_dir(args: &Args) -> Result<PathBuf> {
+    if !args.bundle.is_empty() {
+        return Ok(PathBuf::from(&args.bundle));
+    }
+    std::env::current_dir().map_err(|e| Error::io("find the bundle (working directory)", e))
+}
+
+/// `start`: print the address of a shim serving this container's group, spawning one if needed.
+fn start(args: &Args) -> Result<()> {
+    require(args)?;
+    // containerd writes the runtime options to stdin; drain it so it never blocks on us.
+    let mut options = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut options);
+    let bundle = bundle_dir(args)?;
+    let group = group_of(&bundle, &args.id);
+    let path = socket_path(&args.address, &args.namespace, &group);
+    let uri = address::to_uri(&path);
+
+    match bind_socket(&path)? {
+        None => log::debug!("reusing shim at {uri} for group {group}"),
+        Some(listener) => spawn_server(args, &bundle, listener, &path)?,
+    }
+    write_file(&bundle.join("address"), &uri)?;
+    let mut out = std::io::stdout();
+    out.write_all(uri.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("print the shim address", e))
+}
+
+/// Binds the group's socket, or returns `None` when a live shim already serves it.
+fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
+    let dir = path.parent().expect("socket path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    for _ in 0..2 {
+        match UnixListener::bind(path) {
+            Ok(l) => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(format!("restrict {}", path.display()), e))?;
+                return Ok(Some(l));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if UnixStream::connect(path).is_ok() {
+                    return Ok(None);
+                }
+                // A socket left by a shim that died: nobody answers on it.
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => return Err(Error::io(format!("bind {}", path.display()), e)),
+        }
+    }
+    Err(Error::FailedPrecondition(format!(
+        "socket {} keeps reappearing",
+        path.display()
+    )))
+}
+
+fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path) -> Result<()> {
+    let cleanup = |e: Error| {
+        let _ = std::fs::remove_file(path);
+        e
+    };
+    // Hand the socket down by number: clear close-on-exec on it for this one exec.
+    fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| cleanup(Error::io("pass the shim socket on", e.into())))?;
+    let exe = std::env::current_exe().map_err(|e| cleanup(Error::io("find own binary", e)))?;
+    let child = Command::new(exe)
+        .args(args.serve_args())
+        .current_dir(bundle)
+        .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Out of containerd's process group, so signals meant for containerd miss the shim.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| cleanup(Error::io("spawn the serving shim", e)))?;
+    write_file(&bundle.join("shim.pid"), &child.id().to_string())?;
+    // The start process exits now; the server is reparented and nobody waits for it here.
+    Ok(())
+}
+
+fn write_file(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))
+}
+
+/// `delete`: containerd's clean-up after a shim that is gone. Prints a DeleteResponse.
+fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
+    require(args)?;
+    let bundle = bundle_dir(args)?;
+    let options = RuntimeOptions::load(&bundle);
+    runtime()?.block_on(async {
+        let _exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
+        backend
+            .cleanup(&args.id, &args.namespace, &bundle, &options)
+            .await
+            .map_err(Error::from)
+    })?;
+    mount::unmount_rootfs(&bundle.join("rootfs"))?;
+    let pid = std::fs::read_to_string(bundle.join("init.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let response = DeleteResponse {
+        pid,
+        // As the Go shim reports it: killed by SIGKILL.
+        exit_status: 128 + libc::SIGKILL as u32,
+        exited_at: MessageField::some(timestamp(SystemTime::now())),
+        ..Default::default()
+    };
+    let bytes = response
+        .write_to_bytes()
+        .map_err(|e| Error::io("encode delete response", std::io::Error::other(e)))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| Error::io("print delete response", e))
+}
+
+fn listener(args: &Args) -> Result<UnixListener> {
+    if !args.socket.is_empty() {
+        let path = args.socket.trim_start_matches("unix://");
+        return UnixListener::bind(path).map_err(|e| Error::io(format!("bind {path}"), e));
+    }
+    let fd = std::env::var(LISTEN_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no socket to serve on: use `start`, or pass -socket (no {LISTEN_FD_ENV})"
+            ))
+        })?;
+    std::env::remove_var(LISTEN_FD_ENV);
+    let l = sys::inherited_listener(fd)
+        .ok_or_else(|| Error::InvalidArgument(format!("{LISTEN_FD_ENV}={fd} is not a socket")))?;
+    fcntl(&l, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| Error::io("mark the shim socket close-on-exec", e.into()))?;
+    Ok(l)
+}
+
+/// The serving process: a subreaper answering the task API until Shutdown or SIGTERM.
+fn serve<B: Backend>(args: &Args, backend: B) -> Result<()> {
+    require(args)?;
+    logger::init("log", args.debug);
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| Error::io("become a child subreaper", e.into()))?;
+    let listener = listener(args)?;
+    let socket = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let result = runtime()?.block_on(serve_until_shutdown(args, backend, listener));
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    log::info!("shim exiting");
+    result
+}
+
+async fn serve_until_shutdown<B: Backend>(
+    args: &Args,
+    backend: B,
+    listener: UnixListener,
+) -> Result<()> {
+    let exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
+    let publisher = Publisher::start(
+        std::env::var("TTRPC_ADDRESS")
+            .ok()
+            .filter(|a| !a.is_empty()),
+        args.namespace.clone(),
+    );
+    let shutdown = Arc::new(Notify::new());
+    let service = TaskService::new(
+        backend,
+        args.namespace.clone(),
+        publisher,
+        exits,
+        shutdown.clone(),
+    );
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("shim socket", e))?;
+    let listener = ttrpc::asynchronous::transport::Listener::try_from(listener)
+        .map_err(|e| Error::io("serve on the shim socket", e))?;
+    let mut server = ttrpc::asynchronous::Server::new()
+        .add_listener(listener)
+        .register_service(ttrpc_services(service));
+    server
+        .start()
+        .await
+        .map_err(|e| Error::io("start ttrpc server", std::io::Error::other(e)))?;
+    log::info!(
+        "serving task API for {} in namespace {}",
+        args.id,
+        args.namespace
+    );
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("watch SIGTERM", e))?;
+    tokio::select! {
+        _ = shutdown.notified() => {}
+        _ = term.recv() => log::info!("SIGTERM received"),
+    }
+    let _ = server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Publishing task events to containerd (`Events.Forward` over ttrpc at TTRPC_ADDRESS).
+//!
+//! Events go through one queue and one sender task, so containerd receives them in the order
+//! the service emitted them; a failed send is retried before the next event is touched.
+use std::time::{Duration, SystemTime};
+
+use protobuf::well_known_types::any::Any;
+use protobuf::well_known_types::timestamp::Timestamp;
+use protobuf::{MessageField, MessageFull};
+use protos::shim::event::Envelope;
+use protos::shim::events::ForwardRequest;
+use protos::shim_async::{Client, EventsClient};
+use tokio::sync::{mpsc, oneshot};
+
+const SEND_ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Item {
+    Event(Envelope),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A cheap handle to the event queue.
+#[derive(Clone)]
+pub struct Publisher {
+    namespace: String,
+    queue: mpsc::UnboundedSender<Item>,
+}
+
+impl Publisher {
+    /// Starts the sender task. With no address (a shim run by hand) events are dropped.
+    pub fn start(address: Option<String>, namespace: String) -> Self {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(send_loop(address, rx));
+        Self { namespace, queue }
+    }
+
+    pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
+        let event = match Any::pack(event) {
+            Ok(mut any) => {
+                // containerd's typeurl registry names types by their full proto name alone.
+                any.type_url = M::descriptor().full_name().to_string();
+                any
+            }
+            Err(e) => {
+                log::error!("encode {topic} event: {e}");
+                return;
+            }
+        };
+        let envelope = Envelope {
+            timestamp: MessageField::some(timestamp(SystemTime::now())),
+            namespace: self.namespace.clone(),
+            topic: topic.to_string(),
+            event: MessageField::some(event),
+            ..Default::default()
+        };
+        let _ = self.queue.send(Item::Event(envelope));
+    }
+
+    /// Waits until every event queued so far was sent (or given up on), at most `limit`.
+    pub async fn flush(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Item::Flush(tx)).is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
+}
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+        ..Default::default()
+    }
+}
+
+async fn send_loop(address: Option<String>, mut rx: mpsc::UnboundedReceiver<Item>) {
+    let mut client: Option<EventsClient> = None;
+    while let Some(item) = rx.recv().await {
+        let envelope = match item {
+            Item::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Item::Event(e) => e,
+        };
+        let Some(address) = address.as_deref() else {
+            continue;
+        };
+        let request = ForwardRequest {
+            envelope: MessageField::some(envelope),
+            ..Default::default()
+        };
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=SEND_ATTEMPTS {
+            match send(&mut client, address, &request).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // Reconnect on the next attempt: the connection may be what failed.
+                    client = None;
+                    if attempt == SEND_ATTEMPTS {
+                        log::error!("drop event {}: {e}", request.envelope.topic);
+                    } else {
+                        log::warn!(
+                            "send event {} (attempt {attempt}): {e}",
+                            request.envelope.topic
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    client: &mut Option<EventsClient>,
+    address: &str,
+    request: &ForwardRequest,
+) -> Result<(), String> {
+    if client.is_none() {
+        let c = Client::connect(&unix_uri(address))
+            .await
+            .map_err(|e| format!("connect to {address}: {e}"))?;
+        *client = Some(EventsClient::new(c));
+    }
+    let c = client.as_ref().expect("connected above");
+    let ctx = ttrpc::context::with_timeout(SEND_TIMEOUT.as_nanos() as i64);
+    c.forward(ctx, request)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// containerd passes a bare socket path in TTRPC_ADDRESS; ttrpc wants a URI.
+pub fn unix_uri(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    }
+}

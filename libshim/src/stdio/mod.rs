@@ -1,0 +1,206 @@
+//! A process's stdio: the client's fifos (or `file://` targets) on one side, the process's
+//! pipes or terminal on the other, and the copy tasks in between.
+//!
+//! The shim, not the container, holds the fifos. That way a client may attach late or go away
+//! without the container blocking on open or dying of SIGPIPE, and CloseIO can deliver EOF.
+mod console;
+mod copy;
+mod target;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::unistd::{fchown, pipe2, Gid, Uid};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use console::{ConsoleSocket, Pty};
+use copy::{pump, FdIo};
+use target::{open_input, open_output, Target};
+
+use crate::backend::ProcessIo;
+use crate::error::{Error, Result};
+
+/// The stdio a Create or Exec request asks for.
+#[derive(Debug, Clone, Default)]
+pub struct StdioRequest {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The shim's side of a process's stdio. Dropping it stops the copies and closes everything.
+pub struct Stdio {
+    request: StdioRequest,
+    io_uid: u32,
+    io_gid: u32,
+    /// Stops the stdin copy: set by CloseIO, so the process sees EOF once the client's
+    /// bytes are through.
+    stdin_close: Option<watch::Sender<bool>>,
+    stdin_copy: Option<JoinHandle<()>>,
+    output_copies: Vec<JoinHandle<()>>,
+    console_socket: Option<ConsoleSocket>,
+    pty: Option<Pty>,
+}
+
+impl Stdio {
+    /// Prepares the process side: pipes now, or a console socket the runtime will send the
+    /// terminal's master to. Copies for pipes start at once.
+    pub fn prepare(request: StdioRequest, io_uid: u32, io_gid: u32) -> Result<(Self, ProcessIo)> {
+        let mut stdio = Stdio {
+            request,
+            io_uid,
+            io_gid,
+            stdin_close: None,
+            stdin_copy: None,
+            output_copies: Vec::new(),
+            console_socket: None,
+            pty: None,
+        };
+        if stdio.request.terminal {
+            let socket = ConsoleSocket::new()?;
+            let io = ProcessIo::Terminal {
+                console_socket: socket.path().to_path_buf(),
+            };
+            stdio.console_socket = Some(socket);
+            return Ok((stdio, io));
+        }
+        let stdin = match Target::parse(&stdio.request.stdin)? {
+            None => None,
+            Some(target) => {
+                let (child, ours) = stdio.pipe("stdin", true)?;
+                stdio.start_stdin(target, FdIo::new(ours, "stdin pipe")?)?;
+                Some(child)
+            }
+        };
+        let stdout = stdio.output_pipe(&stdio.request.stdout.clone(), "stdout")?;
+        let stderr = stdio.output_pipe(&stdio.request.stderr.clone(), "stderr")?;
+        Ok((
+            stdio,
+            ProcessIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            },
+        ))
+    }
+
+    /// For a terminal: takes the master the runtime sent and starts the copies.
+    /// Call after the backend's create/exec returned.
+    pub async fn attach_console(&mut self) -> Result<()> {
+        let Some(socket) = self.console_socket.take() else {
+            return Ok(());
+        };
+        let master = socket.receive_master(Duration::from_secs(10)).await?;
+        let pty = Pty::new(master);
+        if let Some(target) = Target::parse(&self.request.stdin)? {
+            let writer = FdIo::new(pty.dup()?, "terminal")?;
+            self.start_stdin(target, writer)?;
+        }
+        if let Some(target) = Target::parse(&self.request.stdout)? {
+            let reader = FdIo::new(pty.dup()?, "terminal")?;
+            let sink = open_output(&target)?;
+            self.output_copies
+                .push(tokio::spawn(pump(reader, sink, "terminal")));
+        }
+        self.pty = Some(pty);
+        Ok(())
+    }
+
+    pub fn pty(&self) -> Option<&Pty> {
+        self.pty.as_ref()
+    }
+
+    /// CloseIO: the process sees EOF on stdin once the bytes already written are through.
+    pub fn close_stdin(&mut self) {
+        if let Some(tx) = self.stdin_close.take() {
+            let _ = tx.send(true);
+        }
+    }
+
+    /// Waits (bounded) until every output copy has drained, so no output is lost on delete.
+    pub async fn wait_drained(&mut self, limit: Duration) {
+        let copies = std::mem::take(&mut self.output_copies);
+        let all = async {
+            for c in copies {
+                let _ = c.await;
+            }
+        };
+        if tokio::time::timeout(limit, all).await.is_err() {
+            log::warn!("stdio copies did not drain within {limit:?}; closing them");
+        }
+    }
+
+    fn pipe(&self, name: &str, child_reads: bool) -> Result<(OwnedFd, OwnedFd)> {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io(format!("create {name} pipe"), e.into()))?;
+        let (child, ours) = if child_reads { (r, w) } else { (w, r) };
+        if self.io_uid != 0 || self.io_gid != 0 {
+            fchown(
+                child.as_fd(),
+                Some(Uid::from_raw(self.io_uid)),
+                Some(Gid::from_raw(self.io_gid)),
+            )
+            .map_err(|e| Error::io(format!("chown {name} pipe to the io user"), e.into()))?;
+        }
+        Ok((child, ours))
+    }
+
+    fn output_pipe(&mut self, uri: &str, name: &'static str) -> Result<Option<OwnedFd>> {
+        let Some(target) = Target::parse(uri)? else {
+            return Ok(None);
+        };
+        let (child, ours) = self.pipe(name, false)?;
+        let sink = open_output(&target)?;
+        let reader = FdIo::new(ours, name)?;
+        self.output_copies
+            .push(tokio::spawn(pump(reader, sink, name)));
+        Ok(Some(child))
+    }
+
+    fn start_stdin(&mut self, target: Target, writer: FdIo) -> Result<()> {
+        let (source, keepalive) = open_input(&target)?;
+        let (tx, mut rx) = watch::channel(false);
+        self.stdin_close = Some(tx);
+        self.stdin_copy = Some(tokio::spawn(async move {
+            // The keep-alive writer stops the fifo from reading EOF before the client has
+            // opened it; CloseIO drops it, and EOF arrives once the client has closed too.
+            let mut keepalive = Some(keepalive);
+            let copy = pump(source, copy::Sink::Fd(writer), "stdin");
+            tokio::pin!(copy);
+            loop {
+                tokio::select! {
+                    _ = &mut copy => break,
+                    changed = rx.changed(), if keepalive.is_some() => {
+                        if changed.is_err() || *rx.borrow() {
+                            keepalive = None;
+                        }
+                    }
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Stdio {
+    fn drop(&mut self) {
+        if let Some(c) = self.stdin_copy.take() {
+            c.abort();
+        }
+        for c in self.output_copies.drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// Where a stdio URI points; exposed for the `delete` path and tests.
+pub fn fifo_path(uri: &str) -> Option<PathBuf> {
+    match Target::parse(uri) {
+        Ok(Some(Target::Fifo(p))) => Some(p),
+        _ => None,
+    }
+}

@@ -1,0 +1,60 @@
+//! The only module with `unsafe`: thin wrappers over the few syscalls nix does not cover.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Takes ownership of an fd the kernel just handed us (SCM_RIGHTS).
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: called only with fds freshly received via SCM_RIGHTS, which nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// TIOCSWINSZ on a terminal master.
+pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which lives across the call;
+    // the fd is borrowed, so it is open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A fresh directory only root can enter, under $XDG_RUNTIME_DIR or /tmp.
+pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let template = base.join(format!("{prefix}-XXXXXX"));
+    nix::unistd::mkdtemp(&template).map_err(|e| {
+        Error::io(
+            format!("create temporary directory in {}", base.display()),
+            e.into(),
+        )
+    })
+}
+
+/// Takes the listening socket a `start` process handed down at fd number `fd`.
+/// Returns `None` unless `fd` really is an open socket, so a stray number cannot be misused.
+pub fn inherited_listener(fd: RawFd) -> Option<std::os::unix::net::UnixListener> {
+    use nix::sys::stat::{fstat, SFlag};
+    // SAFETY: `fd` is only borrowed here to inspect it; it is not closed or stored.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = fstat(borrowed).ok()?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return None;
+    }
+    // SAFETY: the fd is an open socket that the `start` process passed to us alone; nothing
+    // else in this process knows its number, so taking ownership cannot double-close it.
+    Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
+}
