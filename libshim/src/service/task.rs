@@ -550,7 +550,7 @@ impl<B: Backend> TaskService<B> {
         let c = c.lock().await;
         let p = c.process(&req.exec_id)?;
         if p.is_init() {
-            if !p.state().is_live() && !req.all {
+            if !p.state().is_live() {
                 return Err(Error::NotFound(format!(
                     "process {:?} already finished",
                     req.id
