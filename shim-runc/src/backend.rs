@@ -1,0 +1,178 @@
+//! `libshim::Backend` for an OCI runtime CLI.
+use std::path::Path;
+
+use async_trait::async_trait;
+use libshim::backend::{CheckpointRequest, ProcessIo};
+use libshim::{Backend, BackendError, ContainerInfo, RuntimeOptions};
+
+use crate::cli::{self, os, Runtime};
+
+/// Drives runc (or crun, per the BinaryName option) one command per request.
+#[derive(Debug, Default)]
+pub struct RuncBackend;
+
+impl RuncBackend {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// Writes `data` to a file in the bundle for the runtime to read, removed on drop.
+struct BundleFile(std::path::PathBuf);
+
+impl BundleFile {
+    fn write(path: std::path::PathBuf, data: &[u8]) -> Result<Self, BackendError> {
+        std::fs::write(&path, data)
+            .map_err(|e| BackendError::io(format!("write {}", path.display()), e))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for BundleFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[async_trait]
+impl Backend for RuncBackend {
+    fn name(&self) -> &'static str {
+        "runc"
+    }
+
+    async fn create(&self, info: &ContainerInfo, io: ProcessIo) -> Result<u32, BackendError> {
+        let rt = Runtime::for_container(info);
+        let args = cli::create_args(
+            &info.id,
+            &info.bundle,
+            &info.options,
+            cli::console_socket_of(&io),
+        );
+        rt.run("create", args, Some(io), Some(&info.bundle)).await?;
+        cli::read_pid(&info.bundle.join("init.pid"))
+    }
+
+    async fn start(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        rt.run("start", vec![os("start"), os(&info.id)], None, None)
+            .await
+            .map(drop)
+    }
+
+    async fn exec(
+        &self,
+        info: &ContainerInfo,
+        exec_id: &str,
+        spec: &[u8],
+        io: ProcessIo,
+    ) -> Result<u32, BackendError> {
+        let rt = Runtime::for_container(info);
+        let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
+        let pid_file = BundleFile(info.bundle.join(format!(".exec-{exec_id}.pid")));
+        let args = cli::exec_args(
+            &info.id,
+            &process.0,
+            &pid_file.0,
+            cli::console_socket_of(&io),
+        );
+        rt.run("exec", args, Some(io), None).await?;
+        cli::read_pid(&pid_file.0)
+    }
+
+    async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        let mut args = vec![os("kill")];
+        if all {
+            args.push(os("--all"));
+        }
+        args.extend([os(&info.id), os(signal.to_string())]);
+        rt.run("kill", args, None, None).await.map(drop)
+    }
+
+    async fn pause(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        rt.run("pause", vec![os("pause"), os(&info.id)], None, None)
+            .await
+            .map(drop)
+    }
+
+    async fn resume(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        rt.run("resume", vec![os("resume"), os(&info.id)], None, None)
+            .await
+            .map(drop)
+    }
+
+    async fn pids(&self, info: &ContainerInfo) -> Result<Vec<u32>, BackendError> {
+        let rt = Runtime::for_container(info);
+        let args = vec![os("ps"), os("--format"), os("json"), os(&info.id)];
+        let out = rt.run("ps", args, None, None).await?;
+        serde_json::from_slice::<Option<Vec<u32>>>(&out)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| BackendError::Runtime {
+                runtime: rt.binary.clone(),
+                action: "ps",
+                message: format!("unreadable pid list: {e}"),
+            })
+    }
+
+    async fn delete(&self, info: &ContainerInfo, force: bool) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        delete(&rt, &info.id, force).await
+    }
+
+    async fn update(&self, info: &ContainerInfo, resources: &[u8]) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        let file = BundleFile::write(info.bundle.join(".resources.json"), resources)?;
+        let args = vec![os("update"), os("--resources"), os(&file.0), os(&info.id)];
+        rt.run("update", args, None, None).await.map(drop)
+    }
+
+    async fn checkpoint(
+        &self,
+        info: &ContainerInfo,
+        request: &CheckpointRequest,
+    ) -> Result<(), BackendError> {
+        let rt = Runtime::for_container(info);
+        let mut args = vec![
+            os("checkpoint"),
+            os("--image-path"),
+            os(&request.image_path),
+        ];
+        if let Some(work) = &request.work_path {
+            args.extend([os("--work-path"), os(work)]);
+        }
+        if let Some(parent) = &request.parent {
+            args.extend([os("--parent-path"), os(parent)]);
+        }
+        if !request.exit {
+            args.push(os("--leave-running"));
+        }
+        args.push(os(&info.id));
+        rt.run("checkpoint", args, None, None).await.map(drop)
+    }
+
+    async fn cleanup(
+        &self,
+        id: &str,
+        namespace: &str,
+        bundle: &Path,
+        options: &RuntimeOptions,
+    ) -> Result<(), BackendError> {
+        let rt = Runtime::new(options, namespace, Some(bundle));
+        delete(&rt, id, true).await
+    }
+}
+
+/// `delete [--force]`; a container the runtime no longer knows counts as deleted.
+async fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), BackendError> {
+    let mut args = vec![os("delete")];
+    if force {
+        args.push(os("--force"));
+    }
+    args.push(os(id));
+    match rt.run("delete", args, None, None).await {
+        Ok(_) | Err(BackendError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,322 @@
+//! A typed driver for an OCI runtime CLI (runc or crun).
+//!
+//! Every invocation goes through libshim's reaper (`reaper::run`): the shim is a subreaper with
+//! one `waitpid(-1)` loop, and a private wait here would race it for the runtime's exit status.
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use libshim::backend::ProcessIo;
+use libshim::reaper;
+use libshim::{BackendError, ContainerInfo, RuntimeOptions};
+
+/// Where runc keeps container state unless the Root option says otherwise.
+pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
+const DEFAULT_BINARY: &str = "runc";
+
+/// One runtime binary with its global flags, for one container's namespace.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub binary: String,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+    /// runc's `--log`: errors arrive here as JSON lines.
+    pub log: Option<PathBuf>,
+}
+
+impl Runtime {
+    pub fn new(options: &RuntimeOptions, namespace: &str, bundle: Option<&Path>) -> Self {
+        let binary = if options.binary_name.is_empty() {
+            DEFAULT_BINARY
+        } else {
+            &options.binary_name
+        };
+        let root = if options.root.is_empty() {
+            DEFAULT_ROOT
+        } else {
+            &options.root
+        };
+        Self {
+            binary: binary.to_string(),
+            root: Path::new(root).join(namespace),
+            systemd_cgroup: options.systemd_cgroup,
+            log: bundle.map(|b| b.join("log.json")),
+        }
+    }
+
+    pub fn for_container(info: &ContainerInfo) -> Self {
+        Self::new(&info.options, &info.namespace, Some(&info.bundle))
+    }
+
+    /// The global flags that precede every subcommand.
+    pub fn global_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--root".into(), self.root.clone().into()];
+        if let Some(log) = &self.log {
+            args.extend(["--log".into(), log.clone().into()]);
+            args.extend(["--log-format".into(), "json".into()]);
+        }
+        if self.systemd_cgroup {
+            args.push("--systemd-cgroup".into());
+        }
+        args
+    }
+
+    /// Runs `<binary> <global flags> <args>` with `io` as the runtime's (and so the new
+    /// process's) stdio, and turns a failure into the runtime's own error message.
+    pub async fn run(
+        &self,
+        action: &'static str,
+        args: Vec<OsString>,
+        io: Option<ProcessIo>,
+        cwd: Option<&Path>,
+    ) -> Result<Vec<u8>, BackendError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.global_args()).args(args);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let captured = match io {
+            Some(ProcessIo::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            }) => {
+                cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+                    .stdout(stdout.map_or_else(Stdio::null, Stdio::from))
+                    .stderr(stderr.map_or_else(Stdio::null, Stdio::from));
+                false
+            }
+            Some(ProcessIo::Terminal { .. }) => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                false
+            }
+            None => {
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                true
+            }
+        };
+        if let Some(log) = &self.log {
+            // Only this call's errors should reach the caller.
+            let _ = std::fs::remove_file(log);
+        }
+        let out = reaper::run(&mut cmd).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                BackendError::MissingBinary {
+                    binary: self.binary.clone(),
+                    source: e,
+                }
+            }
+            _ => BackendError::io(format!("run {} {action}", self.binary), e),
+        })?;
+        // `cmd` holds the child's ends of the stdio pipes until it is dropped; the copies see
+        // EOF only once every holder has closed them.
+        drop(cmd);
+        if out.success() {
+            return Ok(out.stdout);
+        }
+        let mut message = self
+            .log
+            .as_deref()
+            .and_then(last_errors)
+            .unwrap_or_default();
+        if message.is_empty() && captured {
+            message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
+        if message.is_empty() {
+            message = format!("exit status {}", out.status);
+        }
+        // runc already says "runc create failed: ..."; our error adds that prefix itself.
+        let prefix = format!("{} {action} failed: ", self.binary);
+        if let Some(rest) = message.strip_prefix(&prefix) {
+            message = rest.to_string();
+        }
+        if is_not_found(&message) {
+            return Err(BackendError::NotFound(message));
+        }
+        Err(BackendError::Runtime {
+            runtime: self.binary.clone(),
+            action,
+            message,
+        })
+    }
+}
+
+/// The `msg` of every error-level line of runc's or crun's JSON log, joined.
+pub fn last_errors(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let msgs: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .collect();
+    (!msgs.is_empty()).then(|| msgs.join(": "))
+}
+
+/// Whether the runtime said the container does not exist.
+pub fn is_not_found(message: &str) -> bool {
+    message.contains("does not exist") || message.contains("container not found")
+}
+
+pub fn os(s: impl AsRef<OsStr>) -> OsString {
+    s.as_ref().to_os_string()
+}
+
+/// `create` arguments.
+pub fn create_args(
+    id: &str,
+    bundle: &Path,
+    options: &RuntimeOptions,
+    console_socket: Option<&Path>,
+) -> Vec<OsString> {
+    let mut args = vec![
+        os("create"),
+        os("--bundle"),
+        os(bundle),
+        os("--pid-file"),
+        os(bundle.join("init.pid")),
+    ];
+    if let Some(sock) = console_socket {
+        args.extend([os("--console-socket"), os(sock)]);
+    }
+    if options.no_pivot_root {
+        args.push(os("--no-pivot"));
+    }
+    if options.no_new_keyring {
+        args.push(os("--no-new-keyring"));
+    }
+    args.push(os(id));
+    args
+}
+
+/// `exec --detach` arguments.
+pub fn exec_args(
+    id: &str,
+    process_file: &Path,
+    pid_file: &Path,
+    console_socket: Option<&Path>,
+) -> Vec<OsString> {
+    let mut args = vec![
+        os("exec"),
+        os("--detach"),
+        os("--pid-file"),
+        os(pid_file),
+        os("--process"),
+        os(process_file),
+    ];
+    if let Some(sock) = console_socket {
+        args.extend([os("--console-socket"), os(sock)]);
+    }
+    args.push(os(id));
+    args
+}
+
+pub fn console_socket_of(io: &ProcessIo) -> Option<&Path> {
+    match io {
+        ProcessIo::Terminal { console_socket } => Some(console_socket),
+        ProcessIo::Pipes { .. } => None,
+    }
+}
+
+pub fn read_pid(path: &Path) -> Result<u32, BackendError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BackendError::io(format!("read pid file {}", path.display()), e))?;
+    text.trim().parse().map_err(|_| {
+        BackendError::io(
+            format!("pid file {} holds {text:?}", path.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidData),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_per_namespace_and_flags_follow_options() {
+        let opts = RuntimeOptions {
+            binary_name: "crun".into(),
+            root: "/r".into(),
+            systemd_cgroup: true,
+            ..Default::default()
+        };
+        let rt = Runtime::new(&opts, "k8s.io", Some(Path::new("/b")));
+        assert_eq!(rt.binary, "crun");
+        let args: Vec<String> = rt
+            .global_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--root",
+                "/r/k8s.io",
+                "--log",
+                "/b/log.json",
+                "--log-format",
+                "json",
+                "--systemd-cgroup"
+            ]
+        );
+        let default = Runtime::new(&RuntimeOptions::default(), "default", None);
+        assert_eq!(default.binary, "runc");
+        assert_eq!(default.root, Path::new("/run/containerd/runc/default"));
+    }
+
+    #[test]
+    fn create_args_carry_options() {
+        let opts = RuntimeOptions {
+            no_pivot_root: true,
+            no_new_keyring: true,
+            ..Default::default()
+        };
+        let args = create_args("c1", Path::new("/b"), &opts, Some(Path::new("/s.sock")));
+        let args: Vec<_> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/init.pid",
+                "--console-socket",
+                "/s.sock",
+                "--no-pivot",
+                "--no-new-keyring",
+                "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_come_from_the_json_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"ignored\"}\n\
+             {\"level\":\"error\",\"msg\":\"runc create failed: exec: \\\"nope\\\": executable file not found in $PATH\",\"time\":\"t\"}\n",
+        )
+        .unwrap();
+        let msg = last_errors(&log).unwrap();
+        assert!(msg.contains("executable file not found"), "{msg}");
+        assert!(!msg.contains("ignored"));
+        assert!(last_errors(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn not_found_wording() {
+        assert!(is_not_found("container \"x\" does not exist"));
+        assert!(!is_not_found("permission denied"));
+    }
+}

@@ -1,0 +1,5 @@
+//! The runc backend: libshim driving an OCI runtime CLI (runc or crun).
+pub mod backend;
+pub mod cli;
+
+pub use backend::RuncBackend;
