@@ -178,6 +178,7 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
             .map_err(Error::from)
     })?;
     mount::unmount_rootfs(&bundle.join("rootfs"))?;
+    remove_dead_socket(&bundle);
     let pid = std::fs::read_to_string(bundle.join("init.pid"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -195,6 +196,18 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| Error::io("print delete response", e))
+}
+
+/// Removes the socket a dead shim left behind. A live shim of the same group still answers
+/// on it and keeps it.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(uri) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = Path::new(uri.trim().trim_start_matches("unix://"));
+    if path.exists() && UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn listener(args: &Args) -> Result<UnixListener> {

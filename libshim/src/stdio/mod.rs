@@ -2,7 +2,7 @@
 //! pipes or terminal on the other, and the copy tasks in between.
 //!
 //! The shim, not the container, holds the fifos. That way a client may attach late or go away
-//! without the container blocking on open or dying of SIGPIPE, and CloseIO can deliver EOF.
+//! without the container blocking on open or dying of SIGPIPE.
 mod console;
 mod copy;
 mod target;
@@ -162,29 +162,25 @@ impl Stdio {
     }
 
     fn start_stdin(&mut self, target: Target, writer: FdIo) -> Result<()> {
-        let (source, keepalive) = open_input(&target)?;
+        let source = open_input(&target)?;
         let (tx, mut rx) = watch::channel(false);
         self.stdin_close = Some(tx);
         self.stdin_copy = Some(tokio::spawn(async move {
-            // The keep-alive writer stops the fifo from reading EOF before the client has
-            // opened it; CloseIO drops it, and EOF arrives once the client has closed too.
-            let mut keepalive = Some(keepalive);
             let copy = pump(source, copy::Sink::Fd(writer), "stdin");
             tokio::pin!(copy);
-            loop {
-                tokio::select! {
-                    _ = &mut copy => break,
-                    changed = rx.changed(), if keepalive.is_some() => {
-                        if changed.is_err() || *rx.borrow() {
-                            keepalive = None;
-                        }
-                    }
-                }
+            tokio::select! {
+                _ = &mut copy => return,
+                _ = rx.wait_for(|closed| *closed) => {}
             }
+            // CloseIO: pass on what the client already wrote, then close the process's stdin.
+            let _ = tokio::time::timeout(STDIN_FLUSH_LIMIT, copy).await;
         }));
         Ok(())
     }
 }
+
+/// How long CloseIO keeps copying bytes already in the stdin fifo before closing.
+const STDIN_FLUSH_LIMIT: Duration = Duration::from_millis(50);
 
 impl Drop for Stdio {
     fn drop(&mut self) {

@@ -75,18 +75,18 @@ pub fn open_output(target: &Target) -> Result<Sink> {
     }
 }
 
-/// Opens stdin's fifo for reading plus a keep-alive writer (see `Stdio::start_stdin`).
-pub fn open_input(target: &Target) -> Result<(FdIo, OwnedFd)> {
+/// Opens stdin's fifo for reading, without blocking.
+///
+/// No writer is kept: Linux reports a fifo readable (data or hang-up) only once a writer has
+/// connected, so the copy waits for the client and ends when the client closes its end.
+pub fn open_input(target: &Target) -> Result<FdIo> {
     let Target::Fifo(path) = target else {
         return Err(Error::InvalidArgument(format!(
             "stdin must be a fifo, got {target:?}"
         )));
     };
     let reader = open(path, OpenOptions::new().read(true), "stdin fifo")?;
-    // Succeeds at once: the reader above already exists.
-    let keepalive = open(path, OpenOptions::new().write(true), "stdin fifo")?;
-    let reader = FdIo::new(reader, "stdin fifo")?;
-    Ok((reader, keepalive))
+    FdIo::new(reader, "stdin fifo")
 }
 
 #[cfg(test)]
