@@ -1,0 +1,304 @@
+//! A private containerd: its own root, state, sockets and namespace, our shims first on PATH.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::runtime::shim_bin_dir;
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+/// On a hybrid cgroup host crun refuses to run while the v2 hierarchy holds controllers;
+/// containerd (and so shims and crun) then runs in a mount namespace that hides them.
+const HYBRID_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
+/// Where runc and crun keep state unless the Root option says otherwise.
+pub const DEFAULT_RUNTIME_ROOT: &str = "/run/containerd/runc";
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub namespace: String,
+}
+
+fn containerd_binary() -> String {
+    std::env::var("CONTAINERD_BIN").unwrap_or_else(|_| CONTAINERD.to_string())
+}
+
+fn ctr_binary() -> String {
+    std::env::var("CTR_BIN").unwrap_or_else(|_| CTR.to_string())
+}
+
+fn needs_cgroup_mask() -> bool {
+    std::fs::read_to_string(HYBRID_CONTROLLERS).is_ok_and(|s| !s.trim().is_empty())
+}
+
+impl Containerd {
+    pub async fn start() -> Self {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!(
+            "it-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("cd-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  level = \"debug\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("c.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("write config");
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            shim_bin_dir().display()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log file");
+        let config = d.join("config.toml");
+        let mut cmd = if needs_cgroup_mask() {
+            let empty = d.join("empty");
+            std::fs::write(&empty, "").expect("mask file");
+            let script = format!(
+                "mount --bind {} {HYBRID_CONTROLLERS} && exec {} --config {}",
+                empty.display(),
+                containerd_binary(),
+                config.display()
+            );
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+            c
+        } else {
+            let mut c = Command::new(containerd_binary());
+            c.arg("--config").arg(&config);
+            c
+        };
+        cmd.env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = cmd.spawn().expect("start containerd");
+        let this = Containerd {
+            dir,
+            child: Some(child),
+            namespace,
+        };
+        this.wait_ready().await;
+        this
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket().exists()
+                && tokio::net::UnixStream::connect(self.socket()).await.is_ok()
+            {
+                let v = Command::new(ctr_binary())
+                    .args(["-a", &self.socket().to_string_lossy(), "version"])
+                    .output();
+                if v.is_ok_and(|o| o.status.success()) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("containerd did not come up:\n{}", self.log());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The bundle containerd made for a task.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
+    /// Runs `ctr` against this daemon and namespace.
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new(ctr_binary())
+            .args([
+                "-a",
+                &self.socket().to_string_lossy(),
+                "-n",
+                &self.namespace,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Pids of shim processes started by this daemon (they carry its address).
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let address = self.socket().to_string_lossy().into_owned();
+        processes_with_arg(&address)
+            .into_iter()
+            .filter(|(_, cmd)| cmd.first().is_some_and(|c| c.contains("containerd-shim")))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    fn cleanup_tasks(&self) {
+        let out = self.ctr(&["task", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            self.ctr(&["task", "kill", "-a", "-s", "KILL", id]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            self.ctr(&["task", "rm", "-f", id]);
+        }
+        let out = self.ctr(&["container", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            self.ctr(&["container", "rm", id]);
+        }
+    }
+
+    /// Removes runtime state that survived (a test that crashed a shim on purpose, say).
+    fn cleanup_runtime_state(&self) {
+        let roots = [
+            Path::new(DEFAULT_RUNTIME_ROOT).join(&self.namespace),
+            self.dir.path().join("runtime-root").join(&self.namespace),
+        ];
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                for bin in ["runc", "crun"] {
+                    let _ = Command::new(bin)
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["delete", "--force", &id])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            let _ = std::fs::remove_dir_all(&root);
+        }
+    }
+}
+
+/// (pid, argv) of every process with `arg` somewhere in its command line.
+pub fn processes_with_arg(arg: &str) -> Vec<(u32, Vec<String>)> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if argv.iter().any(|a| a.contains(arg)) {
+            found.push((pid, argv));
+        }
+    }
+    found
+}
+
+/// Removes the (empty) `/<namespace>` cgroups the containers were placed under, in every
+/// hierarchy; the runtimes remove only each container's own leaf.
+fn remove_cgroups(namespace: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join(namespace))
+        .collect();
+    dirs.push(Path::new("/sys/fs/cgroup").join(namespace));
+    for dir in dirs {
+        remove_cgroup_tree(&dir);
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(children) = std::fs::read_dir(dir) {
+        for c in children.flatten() {
+            if c.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&c.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for m in points {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- containerd log ({}) ----\n{}\n---- end of log ----",
+                self.namespace,
+                self.log()
+            );
+        }
+        self.cleanup_tasks();
+        let shims = self.shim_pids();
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in shims.into_iter().chain(self.shim_pids()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.cleanup_runtime_state();
+        remove_cgroups(&self.namespace);
+        unmount_below(self.dir.path());
+    }
+}

@@ -1,0 +1,48 @@
+//! Test fixtures: a private containerd with our shims first on its PATH, a busybox rootfs,
+//! OCI specs, fifo stdio, a gRPC client and an event recorder.
+//!
+//! Every fixture cleans up on drop, including when the test panics; the daemon's log is printed
+//! only when a test fails.
+pub mod client;
+pub mod daemon;
+pub mod events;
+pub mod fifo;
+pub mod rootfs;
+pub mod runtime;
+pub mod spec;
+
+pub use client::{Client, TaskIo};
+pub use daemon::Containerd;
+pub use runtime::{Binary, Shim};
+
+/// Tests need root (namespaces, mounts, cgroups). Returns false, with a note, when not root.
+pub fn is_root() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipped: integration tests need root");
+    }
+    root
+}
+
+/// Runs one test body for each shim × runtime binary, each against its own containerd.
+#[macro_export]
+macro_rules! shim_tests {
+    ($name:ident, |$ctx:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($ctx: $crate::runtime::Ctx) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runc_rs_runc() {
+                $crate::runtime::run($crate::Shim::RuncRs, $crate::Binary::Runc, body).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runc_rs_crun() {
+                $crate::runtime::run($crate::Shim::RuncRs, $crate::Binary::Crun, body).await
+            }
+        }
+    };
+}

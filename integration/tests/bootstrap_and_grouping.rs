@@ -1,0 +1,134 @@
+//! The shim process itself: version, grouping, Shutdown, clean-up after a shim dies.
+use std::time::Duration;
+
+use integration::runtime::shim_bin_dir;
+use integration::shim_tests;
+use integration::spec;
+
+#[test]
+fn version_flag_prints_a_version() {
+    let bin = shim_bin_dir().join("containerd-shim-runc-rs-v2");
+    let out = std::process::Command::new(&bin)
+        .arg("-v")
+        .output()
+        .expect("run shim -v");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Version:"), "{text}");
+}
+
+#[test]
+fn unknown_flag_is_refused() {
+    let bin = shim_bin_dir().join("containerd-shim-runc-rs-v2");
+    let out = std::process::Command::new(&bin)
+        .arg("-bogus")
+        .output()
+        .expect("run shim");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-bogus"));
+}
+
+async fn gone(pid: u32) -> bool {
+    for _ in 0..100 {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn socket_of(ctx: &integration::runtime::Ctx, id: &str) -> std::path::PathBuf {
+    let uri = std::fs::read_to_string(ctx.containerd.bundle(id).join("address")).unwrap();
+    std::path::PathBuf::from(uri.trim().trim_start_matches("unix://"))
+}
+
+async fn grouped_by(ctx: integration::runtime::Ctx, annotation: &str) {
+    let c = &ctx.client;
+    for id in ["g1", "g2"] {
+        let s = spec::annotate(spec::spec(&["sleep", "1000"]), annotation, "group-a");
+        c.create_container(id, &s).await.unwrap();
+        c.create_task(id, None, false).await.unwrap();
+        c.start(id, "").await.unwrap();
+    }
+    let shims = ctx.containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "both containers share one shim: {shims:?}");
+    let socket = socket_of(&ctx, "g1");
+    assert_eq!(socket, socket_of(&ctx, "g2"));
+    assert!(socket.exists());
+    // The shim stays while one container is left ...
+    c.remove("g1").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ctx.containerd.shim_pids(), shims);
+    // ... and exits, removing its socket, with the last.
+    c.remove("g2").await;
+    assert!(
+        gone(shims[0]).await,
+        "shim should exit after its last container"
+    );
+    assert!(!socket.exists(), "socket {} left behind", socket.display());
+}
+
+shim_tests!(group_annotation_shares_a_shim, |ctx| {
+    grouped_by(ctx, "io.containerd.runc.v2.group").await;
+});
+
+shim_tests!(sandbox_id_shares_a_shim, |ctx| {
+    grouped_by(ctx, "io.kubernetes.cri.sandbox-id").await;
+});
+
+shim_tests!(separate_containers_get_separate_shims, |ctx| {
+    let c = &ctx.client;
+    let _a = c.run("a", &spec::spec(&["sleep", "1000"])).await;
+    let _b = c.run("b", &spec::spec(&["sleep", "1000"])).await;
+    assert_eq!(ctx.containerd.shim_pids().len(), 2);
+    let mode = std::fs::metadata(socket_of(&ctx, "a")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        mode.permissions().mode() & 0o077,
+        0,
+        "socket is for root only"
+    );
+    c.remove("a").await;
+    c.remove("b").await;
+});
+
+shim_tests!(dead_shim_is_cleaned_up_by_delete, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("doomed", &spec::spec(&["sleep", "1000"])).await;
+    let shim = ctx.containerd.shim_pids()[0];
+    let socket = socket_of(&ctx, "doomed");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(gone(shim).await);
+    // containerd notices, runs `shim delete`, and reports the task killed.
+    let status = c.wait("doomed", "").await;
+    if let Ok(status) = status {
+        assert_eq!(status, 137);
+    }
+    let _ = c.delete_task("doomed").await;
+    c.delete_container("doomed").await.unwrap();
+    let runtime_state = std::path::Path::new(integration::daemon::DEFAULT_RUNTIME_ROOT)
+        .join(&ctx.containerd.namespace)
+        .join("doomed");
+    for _ in 0..50 {
+        if !runtime_state.exists() && !socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!runtime_state.exists(), "runtime state left behind");
+    assert!(!socket.exists(), "socket left behind");
+    assert!(
+        !ctx.containerd
+            .log()
+            .contains("failed to clean up after shim disconnected")
+            || ctx
+                .containerd
+                .log()
+                .contains("cleaning up after shim disconnected"),
+    );
+});

@@ -1,0 +1,202 @@
+//! Execs, quick exits, exit matching and the subreaper.
+use containerd_client::tonic::Code;
+use integration::client::{assert_code, zombie_children};
+use integration::events::Recorder;
+use integration::shim_tests;
+use integration::spec;
+
+shim_tests!(quick_exits_are_all_attributed, |ctx| {
+    let c = &ctx.client;
+    let events = Recorder::start(c).await;
+    // An init that exits at once.
+    c.create_container("fast", &spec::spec(&["true"]))
+        .await
+        .unwrap();
+    c.create_task("fast", None, false).await.unwrap();
+    c.start("fast", "").await.unwrap();
+    assert_eq!(c.wait("fast", "").await.unwrap(), 0);
+    c.delete_task("fast").await.unwrap();
+
+    // Execs of /bin/true and of quick failures into a sleeping container.
+    let _io = c.run("host", &spec::spec(&["sleep", "1000"])).await;
+    for i in 0..20 {
+        let id = format!("e{i}");
+        let code = (i % 3) as u32;
+        let (status, _) = c
+            .exec_run("host", &id, &["sh", "-c", &format!("exit {code}")])
+            .await;
+        assert_eq!(status, code, "exec {id}");
+    }
+    for i in 0..20 {
+        let id = format!("e{i}");
+        assert_eq!(
+            events.topics_of("host", &id),
+            ["exec-added", "exec-started", "exit"],
+            "events of {id}"
+        );
+    }
+    let shim = ctx.containerd.shim_pids();
+    assert_eq!(shim.len(), 1, "one shim for one container: {shim:?}");
+    assert_eq!(
+        zombie_children(shim[0]),
+        Vec::<u32>::new(),
+        "zombies under the shim"
+    );
+    c.remove("host").await;
+});
+
+shim_tests!(exec_output_status_and_pids, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("x", &spec::spec(&["sleep", "1000"])).await;
+    let (status, out) = c
+        .exec_run("x", "hello", &["sh", "-c", "echo from exec; exit 7"])
+        .await;
+    assert_eq!((status, out.as_str()), (7, "from exec\n"));
+
+    c.exec(
+        "x",
+        "sleeper",
+        &spec::process(&["sleep", "1000"], false),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    let exec_pid = c.start("x", "sleeper").await.unwrap();
+    let pids = c.pids("x").await.unwrap();
+    assert!(pids.len() >= 2, "{pids:?}");
+    assert!(
+        pids.contains(&(exec_pid, "sleeper".to_string())),
+        "exec id attached to its pid: {pids:?}"
+    );
+
+    // A duplicate exec id is refused; the first one is untouched.
+    let dup = c
+        .exec(
+            "x",
+            "sleeper",
+            &spec::process(&["true"], false),
+            None,
+            false,
+        )
+        .await;
+    assert_code(dup, Code::AlreadyExists, "sleeper");
+    assert_eq!(c.status("x", "sleeper").await.unwrap(), "RUNNING");
+
+    // Kill with all takes the execs with the init.
+    c.kill("x", "", libc::SIGKILL as u32, true).await.unwrap();
+    assert_eq!(c.wait("x", "sleeper").await.unwrap(), 137);
+    assert_eq!(c.wait("x", "").await.unwrap(), 137);
+    c.delete_process("x", "sleeper").await.unwrap();
+    c.delete_task("x").await.unwrap();
+});
+
+shim_tests!(init_exit_waits_for_exec_exits, |ctx| {
+    let c = &ctx.client;
+    let events = Recorder::start(c).await;
+    let _io = c.run("pair", &spec::spec(&["sleep", "1000"])).await;
+    c.exec(
+        "pair",
+        "child",
+        &spec::process(&["sleep", "1000"], false),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    c.start("pair", "child").await.unwrap();
+    c.kill("pair", "", libc::SIGKILL as u32, false)
+        .await
+        .unwrap();
+    c.wait("pair", "").await.unwrap();
+    let ev = events
+        .wait_for("both exits", |e| {
+            e.iter().filter(|e| e.topic == "/tasks/exit").count() == 2
+        })
+        .await;
+    let exits: Vec<&str> = ev
+        .iter()
+        .filter(|e| e.topic == "/tasks/exit")
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(exits, ["child", "pair"], "the init's exit comes last");
+    c.delete_process("pair", "child").await.unwrap();
+    c.delete_task("pair").await.unwrap();
+});
+
+shim_tests!(pause_and_resume, |ctx| {
+    let c = &ctx.client;
+    let events = Recorder::start(c).await;
+    let _io = c.run("p", &spec::spec(&["sleep", "1000"])).await;
+    c.pause("p").await.unwrap();
+    assert_eq!(c.status("p", "").await.unwrap(), "PAUSED");
+    // Pausing twice is a state error, not a runtime failure.
+    assert_code(c.pause("p").await, Code::FailedPrecondition, "paused");
+    c.resume("p").await.unwrap();
+    assert_eq!(c.status("p", "").await.unwrap(), "RUNNING");
+    events
+        .wait_for("resumed", |e| e.iter().any(|e| e.topic == "/tasks/resumed"))
+        .await;
+    assert_eq!(
+        events.topics_of("p", ""),
+        ["create", "start", "paused", "resumed"]
+    );
+    c.remove("p").await;
+});
+
+shim_tests!(kill_signals_and_errors, |ctx| {
+    let c = &ctx.client;
+    let _io = c
+        .run(
+            "k",
+            &spec::sh("trap 'exit 42' TERM; while true; do sleep 0.1; done"),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_code(
+        c.kill("k", "", 1000, false).await,
+        Code::InvalidArgument,
+        "1000",
+    );
+    assert_code(c.kill("k", "nope", 15, false).await, Code::NotFound, "nope");
+    c.kill("k", "", libc::SIGTERM as u32, false).await.unwrap();
+    assert_eq!(c.wait("k", "").await.unwrap(), 42);
+    c.delete_task("k").await.unwrap();
+});
+
+shim_tests!(terminal_and_resize, |ctx| {
+    let c = &ctx.client;
+    let mut s = spec::sh("sleep 0.5; stty size");
+    s["process"]["terminal"] = serde_json::json!(true);
+    c.create_container("tty", &s).await.unwrap();
+    let mut io = c.io("tty", false);
+    c.create_task("tty", Some(&io), true).await.unwrap();
+    c.resize("tty", "", 91, 37).await.unwrap();
+    c.start("tty", "").await.unwrap();
+    assert_eq!(c.wait("tty", "").await.unwrap(), 0);
+    assert_eq!(io.stdout_text().trim(), "37 91");
+
+    // An exec with a terminal.
+    let _host = c.run("tty2", &spec::spec(&["sleep", "1000"])).await;
+    let mut eio = c.io("tty2-e", false);
+    c.exec(
+        "tty2",
+        "t",
+        &spec::process(&["sh", "-c", "tty"], true),
+        Some(&eio),
+        true,
+    )
+    .await
+    .unwrap();
+    c.start("tty2", "t").await.unwrap();
+    assert_eq!(c.wait("tty2", "t").await.unwrap(), 0);
+    assert!(eio.stdout_text().starts_with("/dev/pts/"));
+    // No terminal, nothing to resize.
+    assert_code(
+        c.resize("tty2", "", 10, 10).await,
+        Code::FailedPrecondition,
+        "terminal",
+    );
+    c.remove("tty2").await;
+    c.delete_task("tty").await.unwrap();
+});

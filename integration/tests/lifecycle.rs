@@ -1,0 +1,128 @@
+//! Create → start → output → exit → delete, and the events containerd receives on the way.
+use integration::events::Recorder;
+use integration::shim_tests;
+use integration::spec;
+
+shim_tests!(exit_status_output_and_event_order, |ctx| {
+    let c = &ctx.client;
+    let events = Recorder::start(c).await;
+    let mut io = c
+        .run("c1", &spec::sh("echo hello; echo oops >&2; exit 3"))
+        .await;
+    assert_eq!(c.wait("c1", "").await.unwrap(), 3);
+    assert_eq!(io.stdout_text(), "hello\n");
+    assert_eq!(io.stderr.take().unwrap().text(), "oops\n");
+    assert_eq!(c.delete_task("c1").await.unwrap(), 3);
+    c.delete_container("c1").await.unwrap();
+    events
+        .wait_for("delete event", |e| {
+            e.iter().any(|e| e.topic == "/tasks/delete")
+        })
+        .await;
+    assert_eq!(
+        events.topics_of("c1", ""),
+        ["create", "start", "exit", "delete"]
+    );
+    let exit = events
+        .events()
+        .into_iter()
+        .find(|e| e.topic == "/tasks/exit")
+        .unwrap();
+    assert_eq!(exit.exit_status, 3);
+    assert_eq!(exit.id, "c1");
+});
+
+shim_tests!(ctr_run_prints_output, |ctx| {
+    let rootfs = integration::rootfs::busybox()
+        .to_string_lossy()
+        .into_owned();
+    let out = ctx.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--env",
+        "PATH=/bin",
+        "--runtime",
+        ctx.shim.runtime_type(),
+        "--rootfs",
+        &rootfs,
+        "ctr1",
+        "sh",
+        "-c",
+        "echo hello from ctr",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from ctr\n");
+});
+
+shim_tests!(large_output_is_not_truncated, |ctx| {
+    let c = &ctx.client;
+    // 4 MiB of text through the stdout fifo.
+    let mut io = c
+        .run("big", &spec::sh("yes 0123456789abcdef | head -c 4194304"))
+        .await;
+    assert_eq!(c.wait("big", "").await.unwrap(), 0);
+    let out = io.stdout_text();
+    assert_eq!(out.len(), 4 * 1024 * 1024);
+    assert!(out.starts_with("0123456789abcdef\n"));
+    c.delete_task("big").await.unwrap();
+});
+
+shim_tests!(stdin_reaches_the_process_and_close_io_ends_it, |ctx| {
+    let c = &ctx.client;
+    c.create_container("cat", &spec::spec(&["cat"]))
+        .await
+        .unwrap();
+    let mut io = c.io("cat", true);
+    c.create_task("cat", Some(&io), false).await.unwrap();
+    c.start("cat", "").await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    // The client writes and closes its end of the fifo: the process sees EOF.
+    integration::fifo::write_all_and_close(io.stdin.clone().unwrap(), data.clone())
+        .join()
+        .unwrap();
+    c.close_stdin("cat", "").await.unwrap();
+    assert_eq!(c.wait("cat", "").await.unwrap(), 0);
+    assert_eq!(io.stdout.take().unwrap().output(), data);
+    c.delete_task("cat").await.unwrap();
+});
+
+shim_tests!(close_io_alone_gives_eof, |ctx| {
+    let c = &ctx.client;
+    c.create_container("cat2", &spec::spec(&["cat"]))
+        .await
+        .unwrap();
+    let io = c.io("cat2", true);
+    c.create_task("cat2", Some(&io), false).await.unwrap();
+    c.start("cat2", "").await.unwrap();
+    // Hold the client's end open: only CloseIO can end the process's stdin.
+    let _writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(io.stdin.as_ref().unwrap())
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(c.status("cat2", "").await.unwrap(), "RUNNING");
+    c.close_stdin("cat2", "").await.unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), c.wait("cat2", ""))
+        .await
+        .expect("cat should exit after CloseIO");
+    assert_eq!(status.unwrap(), 0);
+    c.delete_task("cat2").await.unwrap();
+});
+
+shim_tests!(absent_stdio_is_dev_null, |ctx| {
+    let c = &ctx.client;
+    c.create_container(
+        "quiet",
+        &spec::sh("ls -l /proc/self/fd/0 /proc/self/fd/1; exit 0"),
+    )
+    .await
+    .unwrap();
+    c.create_task("quiet", None, false).await.unwrap();
+    c.start("quiet", "").await.unwrap();
+    assert_eq!(c.wait("quiet", "").await.unwrap(), 0);
+    c.delete_task("quiet").await.unwrap();
+});

@@ -1,0 +1,203 @@
+//! Runtime options, and bad requests: each gets a clear error and leaves nothing behind.
+use containerd_client::tonic::Code;
+use integration::client::{assert_code, options_any, Options};
+use integration::shim_tests;
+use integration::spec;
+
+shim_tests!(root_option_moves_runtime_state, |ctx| {
+    let c = &ctx.client;
+    let root = ctx.containerd.dir().join("runtime-root");
+    let opts = Options {
+        root: root.to_string_lossy().into_owned(),
+        no_new_keyring: true,
+        no_pivot_root: true,
+        ..c.options()
+    };
+    c.create_container_with(
+        "r",
+        &spec::spec(&["sleep", "1000"]),
+        Some(options_any(&opts)),
+    )
+    .await
+    .unwrap();
+    // The task carries the same options, as containerd's clients send them.
+    c.create_task_with("r", None, false, Some(options_any(&opts)))
+        .await
+        .unwrap();
+    c.start("r", "").await.unwrap();
+    assert!(
+        root.join(&ctx.containerd.namespace).join("r").exists(),
+        "state under the Root option"
+    );
+    c.remove("r").await;
+    assert!(!root.join(&ctx.containerd.namespace).join("r").exists());
+});
+
+shim_tests!(io_uid_and_gid_own_the_pipes, |ctx| {
+    let c = &ctx.client;
+    let opts = Options {
+        io_uid: 4242,
+        io_gid: 4343,
+        ..c.options()
+    };
+    c.create_container_with(
+        "io",
+        &spec::sh("stat -L -c '%u %g' /proc/self/fd/1"),
+        Some(options_any(&opts)),
+    )
+    .await
+    .unwrap();
+    let mut io = c.io("io", false);
+    c.create_task_with("io", Some(&io), false, Some(options_any(&opts)))
+        .await
+        .unwrap();
+    c.start("io", "").await.unwrap();
+    assert_eq!(c.wait("io", "").await.unwrap(), 0);
+    let out = io.stdout_text();
+    assert_eq!(out, "4242 4343\n");
+    c.delete_task("io").await.unwrap();
+});
+
+shim_tests!(bad_requests_get_clear_errors_and_leave_nothing, |ctx| {
+    let c = &ctx.client;
+    // A healthy container in the same group: the shim must keep serving it.
+    let group = |s| spec::annotate(s, "io.containerd.runc.v2.group", "bad");
+    c.create_container("healthy", &group(spec::spec(&["sleep", "1000"])))
+        .await
+        .unwrap();
+    c.create_task("healthy", None, false).await.unwrap();
+    c.start("healthy", "").await.unwrap();
+
+    // Missing rootfs.
+    let mut s = group(spec::spec(&["true"]));
+    s["root"]["path"] = serde_json::json!("/nonexistent/rootfs");
+    c.create_container("norootfs", &s).await.unwrap();
+    assert_code(
+        c.create_task("norootfs", None, false).await,
+        Code::InvalidArgument,
+        "rootfs",
+    );
+
+    // A config that is not a valid OCI process.
+    let mut s = group(spec::spec(&["true"]));
+    s["process"]["args"] = serde_json::json!([]);
+    c.create_container("noargs", &s).await.unwrap();
+    assert_code(
+        c.create_task("noargs", None, false).await,
+        Code::InvalidArgument,
+        "args",
+    );
+
+    // A program that does not exist: the runtime's own words reach the caller.
+    c.create_container("noprog", &group(spec::spec(&["/no/such/program"])))
+        .await
+        .unwrap();
+    let err = c.create_task("noprog", None, false).await;
+    let status = err.expect_err("create should fail");
+    assert!(
+        status.message().contains("/no/such/program"),
+        "{}",
+        status.message()
+    );
+
+    // A runtime binary that does not exist.
+    let opts = Options {
+        binary_name: "/nonexistent/runc".into(),
+        ..c.options()
+    };
+    c.create_container_with(
+        "nobin",
+        &group(spec::spec(&["true"])),
+        Some(options_any(&opts)),
+    )
+    .await
+    .unwrap();
+    let r = c
+        .create_task_with("nobin", None, false, Some(options_any(&opts)))
+        .await;
+    if c.shim == integration::Shim::RuncRs {
+        assert_code(r, Code::FailedPrecondition, "/nonexistent/runc");
+    } else {
+        assert!(r.is_err());
+    }
+
+    // Unknown exec, signal out of range, resize without terminal, deleted container.
+    assert_code(c.start("healthy", "ghost").await, Code::NotFound, "ghost");
+    assert_code(
+        c.kill("healthy", "", 99999, false).await,
+        Code::InvalidArgument,
+        "99999",
+    );
+    assert_code(
+        c.resize("healthy", "", 80, 24).await,
+        Code::FailedPrecondition,
+        "terminal",
+    );
+    // A running task cannot be deleted without being stopped.
+    assert_code(c.delete_task("healthy").await, Code::FailedPrecondition, "");
+
+    c.create_container("gone", &group(spec::spec(&["true"])))
+        .await
+        .unwrap();
+    c.create_task("gone", None, false).await.unwrap();
+    c.start("gone", "").await.unwrap();
+    c.wait("gone", "").await.unwrap();
+    c.delete_task("gone").await.unwrap();
+    assert_code(c.delete_task("gone").await, Code::NotFound, "");
+    assert_code(c.start("gone", "").await, Code::NotFound, "");
+
+    // The healthy container is still served, by the one shim.
+    assert_eq!(c.status("healthy", "").await.unwrap(), "RUNNING");
+    let (status, out) = c.exec_run("healthy", "still", &["echo", "alive"]).await;
+    assert_eq!((status, out.as_str()), (0, "alive\n"));
+    assert_eq!(ctx.containerd.shim_pids().len(), 1);
+
+    // Nothing of the failed creates is left: no runtime state, no rootfs mounts.
+    let state = std::path::Path::new(integration::daemon::DEFAULT_RUNTIME_ROOT)
+        .join(&ctx.containerd.namespace);
+    let left: Vec<String> = std::fs::read_dir(&state)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(left, ["healthy"], "runtime state left behind");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for id in ["norootfs", "noargs", "noprog", "nobin"] {
+        assert!(
+            !mounts.contains(&format!("/{}/{id}/", ctx.containerd.namespace)),
+            "{id} mount left"
+        );
+    }
+    for id in ["norootfs", "noargs", "noprog", "nobin", "gone"] {
+        let _ = c.delete_container(id).await;
+    }
+    c.remove("healthy").await;
+});
+
+shim_tests!(legacy_create_options_are_accepted, |ctx| {
+    let c = &ctx.client;
+    // The legacy type carries no BinaryName; only run it where runc is the binary.
+    if c.binary != integration::Binary::Runc {
+        return;
+    }
+    let legacy = protos::runctypes::CreateOptions {
+        no_new_keyring: true,
+        ..Default::default()
+    };
+    use protobuf::Message;
+    let any = prost_types::Any {
+        type_url: protos::type_urls::LEGACY_CREATE_OPTIONS.into(),
+        value: legacy.write_to_bytes().unwrap(),
+    };
+    c.create_container_with("legacy", &spec::sh("exit 5"), Some(any.clone()))
+        .await
+        .unwrap();
+    c.create_task_with("legacy", None, false, Some(any))
+        .await
+        .unwrap();
+    c.start("legacy", "").await.unwrap();
+    assert_eq!(c.wait("legacy", "").await.unwrap(), 5);
+    c.delete_task("legacy").await.unwrap();
+});
