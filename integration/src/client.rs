@@ -86,6 +86,18 @@ impl Client {
         spec: &Value,
         options: Option<Any>,
     ) -> Result<(), Status> {
+        self.create_container_as(id, spec, self.shim.runtime_type(), options)
+            .await
+    }
+
+    /// Create with an explicit runtime type.
+    pub async fn create_container_as(
+        &self,
+        id: &str,
+        spec: &Value,
+        runtime_type: &str,
+        options: Option<Any>,
+    ) -> Result<(), Status> {
         // Each container its own cgroup, as containerd's clients set it (`/<namespace>/<id>`):
         // a shared one would let one container's forced delete kill the others.
         let mut spec = spec.clone();
@@ -93,7 +105,7 @@ impl Client {
         let container = Container {
             id: id.to_string(),
             runtime: Some(Runtime {
-                name: self.shim.runtime_type().to_string(),
+                name: runtime_type.to_string(),
                 options,
             }),
             spec: Some(Any {

@@ -13,6 +13,9 @@ const CTR: &str = "/usr/bin/ctr";
 const HYBRID_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
 /// Where runc and crun keep state unless the Root option says otherwise.
 pub const DEFAULT_RUNTIME_ROOT: &str = "/run/containerd/runc";
+/// The runtime type that reaches our runc shim through [`LEGACY_ALIAS_BINARY`].
+pub const LEGACY_ALIAS_RUNTIME: &str = "io.containerd.runcrslegacy.v2";
+const LEGACY_ALIAS_BINARY: &str = "containerd-shim-runcrslegacy-v2";
 
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -55,9 +58,19 @@ impl Containerd {
             sock = d.join("c.sock").display(),
         );
         std::fs::write(d.join("config.toml"), config).expect("write config");
+        // Our runc shim once more under a runtime type outside `io.containerd.runc.`, to which
+        // containerd's clients send the legacy CreateOptions.
+        let alias_dir = d.join("bin");
+        std::fs::create_dir_all(&alias_dir).expect("alias dir");
+        std::os::unix::fs::symlink(
+            shim_bin_dir().join("containerd-shim-runc-rs-v2"),
+            alias_dir.join(LEGACY_ALIAS_BINARY),
+        )
+        .expect("alias symlink");
         let path = format!(
-            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            shim_bin_dir().display()
+            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            shim_bin_dir().display(),
+            alias_dir.display()
         );
         let log = std::fs::File::create(d.join("containerd.log")).expect("log file");
         let config = d.join("config.toml");
