@@ -200,3 +200,76 @@ pub fn fifo_path(uri: &str) -> Option<PathBuf> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use super::*;
+
+    fn owner(fd: &OwnedFd) -> (u32, u32) {
+        let st = nix::sys::stat::fstat(fd.as_fd()).unwrap();
+        (st.st_uid, st.st_gid)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pipes_belong_to_the_io_user_and_absent_streams_are_none() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        nix::unistd::mkfifo(&out, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let request = StdioRequest {
+            stdout: out.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let (_stdio, io) = Stdio::prepare(request, 4242, 4343).unwrap();
+        let ProcessIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } = io
+        else {
+            panic!("expected pipes");
+        };
+        assert!(stdin.is_none() && stderr.is_none());
+        assert_eq!(owner(&stdout.unwrap()), (4242, 4343));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn output_reaches_the_fifo_and_file_targets() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let log = dir.path().join("logs/err.log");
+        let request = StdioRequest {
+            stdout: fifo.to_string_lossy().into_owned(),
+            stderr: format!("file://{}", log.display()),
+            ..Default::default()
+        };
+        let (mut stdio, io) = Stdio::prepare(request, 0, 0).unwrap();
+        let ProcessIo::Pipes { stdout, stderr, .. } = io else {
+            panic!("expected pipes");
+        };
+        std::fs::File::from(stdout.unwrap())
+            .write_all(b"out\n")
+            .unwrap();
+        std::fs::File::from(stderr.unwrap())
+            .write_all(b"err\n")
+            .unwrap();
+        stdio.wait_drained(Duration::from_secs(5)).await;
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "out\n");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "err\n");
+    }
+}
