@@ -126,3 +126,33 @@ shim_tests!(absent_stdio_is_dev_null, |ctx| {
     assert_eq!(c.wait("quiet", "").await.unwrap(), 0);
     c.delete_task("quiet").await.unwrap();
 });
+
+shim_tests!(no_fd_leaks_into_containers, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("fds", &spec::spec(&["sleep", "1000"])).await;
+    // The init holds exactly its stdio.
+    let (status, out) = c.exec_run("fds", "init-fds", &["ls", "/proc/1/fd"]).await;
+    assert_eq!(status, 0);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2"]);
+    // So does an exec (3 is the directory `ls` itself opened).
+    let (_, out) = c.exec_run("fds", "own-fds", &["ls", "/proc/self/fd"]).await;
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"]
+    );
+    c.remove("fds").await;
+});
+
+shim_tests!(shim_log_reaches_containerd, |ctx| {
+    let c = &ctx.client;
+    let io = c.run("logged", &spec::spec(&["true"])).await;
+    c.wait("logged", "").await.unwrap();
+    drop(io);
+    c.delete_task("logged").await.unwrap();
+    // containerd copies the shim's `log` fifo into its own log (at debug level here).
+    let log = ctx.containerd.log();
+    assert!(
+        log.contains("serving task API for logged"),
+        "shim log line missing from containerd's log"
+    );
+});

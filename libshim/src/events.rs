@@ -143,3 +143,80 @@ pub fn unix_uri(address: &str) -> String {
         format!("unix://{address}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use protobuf::well_known_types::empty::Empty;
+    use protos::events::task::{TaskExit, TaskStart};
+    use ttrpc::r#async::TtrpcContext;
+
+    use super::*;
+
+    /// A containerd stand-in that refuses its first `fail` requests.
+    struct FlakyEvents {
+        fail: AtomicU32,
+        topics: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl protos::shim_async::Events for FlakyEvents {
+        async fn forward(&self, _: &TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            if self.fail.load(Ordering::SeqCst) > 0 {
+                self.fail.fetch_sub(1, Ordering::SeqCst);
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::UNAVAILABLE,
+                    "busy",
+                )));
+            }
+            let env = req.envelope.unwrap();
+            assert_eq!(env.namespace, "ns");
+            // containerd's typeurl registry knows events by their bare proto names.
+            let expected = match env.topic.as_str() {
+                "/tasks/start" => "containerd.events.TaskStart",
+                _ => "containerd.events.TaskExit",
+            };
+            assert_eq!(env.event.type_url, expected);
+            self.topics.lock().unwrap().push(env.topic);
+            Ok(Empty::new())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn events_are_retried_and_stay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("events.sock");
+        let events = Arc::new(FlakyEvents {
+            fail: AtomicU32::new(2),
+            topics: Mutex::new(Vec::new()),
+        });
+        let mut server = ttrpc::asynchronous::Server::new()
+            .bind(&unix_uri(&sock.to_string_lossy()))
+            .unwrap()
+            .register_service(protos::shim_async::create_events(events.clone()));
+        server.start().await.unwrap();
+
+        let publisher = Publisher::start(Some(sock.to_string_lossy().into_owned()), "ns".into());
+        for topic in ["/tasks/start", "/tasks/exit", "/tasks/start", "/tasks/exit"] {
+            if topic == "/tasks/start" {
+                publisher.publish(topic, &TaskStart::new());
+            } else {
+                publisher.publish(topic, &TaskExit::new());
+            }
+        }
+        publisher.flush(Duration::from_secs(10)).await;
+        assert_eq!(
+            *events.topics.lock().unwrap(),
+            ["/tasks/start", "/tasks/exit", "/tasks/start", "/tasks/exit"]
+        );
+        assert_eq!(
+            events.fail.load(Ordering::SeqCst),
+            0,
+            "the failures were retried"
+        );
+        server.shutdown().await.unwrap();
+    }
+}
