@@ -123,6 +123,17 @@ impl Containerd {
         panic!("containerd did not come up:\n{}", self.log());
     }
 
+    /// containerd's major version (1 or 2), from `containerd --version`.
+    pub fn major_version(&self) -> u32 {
+        let out = Command::new(containerd_binary()).arg("--version").output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        // "containerd github.com/containerd/containerd[/v2] 1.7.24~ds1 ..."
+        text.ok()
+            .and_then(|t| t.split_whitespace().nth(2).map(str::to_string))
+            .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
+            .unwrap_or(1)
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

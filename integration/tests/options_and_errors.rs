@@ -180,6 +180,11 @@ shim_tests!(legacy_create_options_are_accepted, |ctx| {
     if c.binary != integration::Binary::Runc {
         return;
     }
+    // containerd 2 no longer knows the legacy type and refuses it before any shim sees it.
+    if ctx.containerd.major_version() >= 2 {
+        eprintln!("skipped: containerd 2 dropped containerd.linux.runc.CreateOptions");
+        return;
+    }
     let legacy = protos::runctypes::CreateOptions {
         no_new_keyring: true,
         ..Default::default()
