@@ -426,6 +426,23 @@ impl Client {
             .map(drop)
     }
 
+    /// Update with OCI `LinuxResources` JSON.
+    pub async fn update(&self, id: &str, resources: &Value) -> Result<(), Status> {
+        let req = UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(resources).unwrap(),
+            }),
+            ..Default::default()
+        };
+        self.raw
+            .tasks()
+            .update(with_namespace!(req, self.namespace))
+            .await
+            .map(drop)
+    }
+
     /// Kills, deletes the task and the container; ignores what is already gone.
     pub async fn remove(&self, id: &str) {
         let _ = self.kill(id, "", libc::SIGKILL as u32, true).await;

@@ -123,6 +123,10 @@ impl Containerd {
         panic!("containerd did not come up:\n{}", self.log());
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// containerd's major version (1 or 2), from `containerd --version`.
     pub fn major_version(&self) -> u32 {
         let out = Command::new(containerd_binary()).arg("--version").output();

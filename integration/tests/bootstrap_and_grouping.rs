@@ -132,3 +132,19 @@ shim_tests!(dead_shim_is_cleaned_up_by_delete, |ctx| {
                 .contains("cleaning up after shim disconnected"),
     );
 });
+
+shim_tests!(shim_oom_score_is_containerds_plus_one, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("oom", &spec::spec(&["sleep", "1000"])).await;
+    let shim = ctx.containerd.shim_pids()[0];
+    let read = |pid: u32| -> i32 {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let containerd = ctx.containerd.pid();
+    assert_eq!(read(shim), (read(containerd) + 1).min(1000));
+    c.remove("oom").await;
+});

@@ -200,3 +200,22 @@ shim_tests!(terminal_and_resize, |ctx| {
     c.remove("tty2").await;
     c.delete_task("tty").await.unwrap();
 });
+
+shim_tests!(update_applies_new_resources, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("upd", &spec::spec(&["sleep", "1000"])).await;
+    c.update(
+        "upd",
+        &serde_json::json!({ "memory": { "limit": 67108864 } }),
+    )
+    .await
+    .unwrap();
+    let ns = &ctx.containerd.namespace;
+    let v1 = format!("/sys/fs/cgroup/memory/{ns}/upd/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup/{ns}/upd/memory.max");
+    let limit = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .expect("the container's memory cgroup");
+    assert_eq!(limit.trim(), "67108864");
+    c.remove("upd").await;
+});

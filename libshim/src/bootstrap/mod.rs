@@ -150,8 +150,28 @@ fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path)
         .spawn()
         .map_err(|e| cleanup(Error::io("spawn the serving shim", e)))?;
     write_file(&bundle.join("shim.pid"), &child.id().to_string())?;
+    if let Err(e) = adjust_oom_score(child.id()) {
+        log::warn!("set the shim's oom_score_adj: {e}");
+    }
     // The start process exits now; the server is reparented and nobody waits for it here.
     Ok(())
+}
+
+/// The shim gets containerd's OOM score plus one, so the kernel kills a shim before the
+/// containerd that manages it (as containerd's Go shims do).
+fn adjust_oom_score(pid: u32) -> Result<()> {
+    const MAX: i32 = 1000;
+    let parent = nix::unistd::getppid();
+    let path = format!("/proc/{parent}/oom_score_adj");
+    let score: i32 = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("read {path}"), e))?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    write_file(
+        Path::new(&format!("/proc/{pid}/oom_score_adj")),
+        &(score + 1).min(MAX).to_string(),
+    )
 }
 
 fn write_file(path: &Path, content: &str) -> Result<()> {
