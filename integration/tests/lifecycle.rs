@@ -156,3 +156,76 @@ shim_tests!(shim_log_reaches_containerd, |ctx| {
         "shim log line missing from containerd's log"
     );
 });
+
+shim_tests!(log_uris_binary_and_file, |ctx| {
+    let rootfs = integration::rootfs::busybox()
+        .to_string_lossy()
+        .into_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // A logging binary as containerd documents them: output on fds 3 and 4, ready on fd 5.
+    let logger = dir.path().join("logger.sh");
+    std::fs::write(
+        &logger,
+        "#!/bin/sh\nout=$2\necho \"$CONTAINER_NAMESPACE $CONTAINER_ID\" > \"$out/env\"\n\
+         cat <&3 5>&- > \"$out/stdout\" &\ncat <&4 5>&- > \"$out/stderr\" &\nexec 5>&-\nwait\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}?dir={d}", logger.display());
+    let out = ctx.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--env",
+        "PATH=/bin",
+        "--runtime",
+        ctx.shim.runtime_type(),
+        "--rootfs",
+        &rootfs,
+        "logged",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+    assert_eq!(read("stdout"), "to-out\n");
+    assert_eq!(read("stderr"), "to-err\n");
+    assert_eq!(
+        read("env"),
+        format!("{} logged\n", ctx.containerd.namespace)
+    );
+
+    // file:// appends both streams to one file.
+    let file = dir.path().join("c.log");
+    let uri = format!("file://{}", file.display());
+    let out = ctx.containerd.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--env",
+        "PATH=/bin",
+        "--runtime",
+        ctx.shim.runtime_type(),
+        "--rootfs",
+        &rootfs,
+        "filed",
+        "sh",
+        "-c",
+        "echo one",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "one\n");
+});

@@ -58,3 +58,32 @@ pub fn inherited_listener(fd: RawFd) -> Option<std::os::unix::net::UnixListener>
     // else in this process knows its number, so taking ownership cannot double-close it.
     Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
 }
+
+/// Makes the child see `fds[i]` as fd `3 + i` (Go's `ExtraFiles`), for the logging binary
+/// protocol. The fds stay open in the parent until the caller drops them after spawning.
+pub fn pass_fds(cmd: &mut std::process::Command, fds: [RawFd; 3]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2, which are
+    // async-signal-safe; it allocates nothing and touches no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            // First move every source above the targets, so no dup2 clobbers a later source;
+            // the moved copies are close-on-exec, so only fds 3 to 5 reach the program.
+            let mut high = [0; 3];
+            for (slot, fd) in high.iter_mut().zip(fds) {
+                let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if moved == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                *slot = moved;
+            }
+            for (target, fd) in (3..).zip(high) {
+                // dup2 leaves the new fd without close-on-exec.
+                if libc::dup2(fd, target) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

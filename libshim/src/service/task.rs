@@ -34,7 +34,7 @@ use crate::mount;
 use crate::options::RuntimeOptions;
 use crate::process::{wait_exit, Event, ExitInfo, Process, State};
 use crate::reaper::Exit;
-use crate::stdio::{Stdio, StdioRequest};
+use crate::stdio::{Owner as StdioOwner, Stdio, StdioRequest};
 
 /// How long Delete waits for a process's output to drain before closing its stdio.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -287,8 +287,17 @@ impl<B: Backend> TaskService<B> {
         };
         let mut init = Process::new(&req.id, "", stdio_request.clone());
         let created = async {
-            let (mut stdio, io) =
-                Stdio::prepare(stdio_request, info.options.io_uid, info.options.io_gid)?;
+            let owner = StdioOwner {
+                container_id: &info.id,
+                namespace: &info.namespace,
+            };
+            let (mut stdio, io) = Stdio::prepare(
+                stdio_request,
+                owner,
+                info.options.io_uid,
+                info.options.io_gid,
+            )
+            .await?;
             let guard = self.inner.exits.begin_start();
             let pid = self.inner.backend.create(&info, io).await?;
             let early = self.inner.exits.register(
@@ -390,11 +399,17 @@ impl<B: Backend> TaskService<B> {
                 info.id
             )));
         }
+        let owner = StdioOwner {
+            container_id: &info.id,
+            namespace: &info.namespace,
+        };
         let (mut stdio, io) = Stdio::prepare(
             p.stdio_request.clone(),
+            owner,
             info.options.io_uid,
             info.options.io_gid,
-        )?;
+        )
+        .await?;
         let guard = self.inner.exits.begin_start();
         let pid = self.inner.backend.exec(&info, exec_id, &p.spec, io).await?;
         let early = self.inner.exits.register(

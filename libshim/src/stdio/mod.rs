@@ -3,6 +3,7 @@
 //!
 //! The shim, not the container, holds the fifos. That way a client may attach late or go away
 //! without the container blocking on open or dying of SIGPIPE.
+mod binary;
 mod console;
 mod copy;
 mod target;
@@ -16,6 +17,7 @@ use nix::unistd::{fchown, pipe2, Gid, Uid};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use binary::LoggingBinary;
 pub use console::{ConsoleSocket, Pty};
 use copy::{pump, FdIo};
 use target::{open_input, open_output, Target};
@@ -44,12 +46,25 @@ pub struct Stdio {
     output_copies: Vec<JoinHandle<()>>,
     console_socket: Option<ConsoleSocket>,
     pty: Option<Pty>,
+    logger: Option<LoggingBinary>,
+}
+
+/// Whose stdio this is: a `binary://` logger is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub container_id: &'a str,
+    pub namespace: &'a str,
 }
 
 impl Stdio {
     /// Prepares the process side: pipes now, or a console socket the runtime will send the
     /// terminal's master to. Copies for pipes start at once.
-    pub fn prepare(request: StdioRequest, io_uid: u32, io_gid: u32) -> Result<(Self, ProcessIo)> {
+    pub async fn prepare(
+        request: StdioRequest,
+        owner: Owner<'_>,
+        io_uid: u32,
+        io_gid: u32,
+    ) -> Result<(Self, ProcessIo)> {
         let mut stdio = Stdio {
             request,
             io_uid,
@@ -59,6 +74,7 @@ impl Stdio {
             output_copies: Vec::new(),
             console_socket: None,
             pty: None,
+            logger: None,
         };
         if stdio.request.terminal {
             let socket = ConsoleSocket::new()?;
@@ -76,8 +92,28 @@ impl Stdio {
                 Some(child)
             }
         };
-        let stdout = stdio.output_pipe(&stdio.request.stdout.clone(), "stdout")?;
-        let stderr = stdio.output_pipe(&stdio.request.stderr.clone(), "stderr")?;
+        let (mut stdout, mut stderr) = (None, None);
+        let (out_uri, err_uri) = (stdio.request.stdout.clone(), stdio.request.stderr.clone());
+        let binary = [&out_uri, &err_uri]
+            .into_iter()
+            .find_map(|u| match Target::parse(u) {
+                Ok(Some(Target::Binary(rest))) => Some((u.clone(), rest)),
+                _ => None,
+            });
+        if let Some((uri, rest)) = binary {
+            // One logging process takes both streams that name it.
+            let (logger, out_w, err_w) =
+                LoggingBinary::start(&rest, owner.container_id, owner.namespace).await?;
+            stdio.logger = Some(logger);
+            stdout = (out_uri == uri).then_some(out_w);
+            stderr = (err_uri == uri).then_some(err_w);
+        }
+        if stdout.is_none() {
+            stdout = stdio.output_pipe(&out_uri, "stdout")?;
+        }
+        if stderr.is_none() {
+            stderr = stdio.output_pipe(&err_uri, "stderr")?;
+        }
         Ok((
             stdio,
             ProcessIo::Pipes {
@@ -131,6 +167,9 @@ impl Stdio {
         };
         if tokio::time::timeout(limit, all).await.is_err() {
             log::warn!("stdio copies did not drain within {limit:?}; closing them");
+        }
+        if let Some(logger) = self.logger.as_mut() {
+            logger.wait(limit).await;
         }
     }
 
@@ -208,6 +247,11 @@ mod tests {
 
     use super::*;
 
+    const OWNER: Owner<'static> = Owner {
+        container_id: "c",
+        namespace: "ns",
+    };
+
     fn owner(fd: &OwnedFd) -> (u32, u32) {
         let st = nix::sys::stat::fstat(fd.as_fd()).unwrap();
         (st.st_uid, st.st_gid)
@@ -226,7 +270,7 @@ mod tests {
             stdout: out.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (_stdio, io) = Stdio::prepare(request, 4242, 4343).unwrap();
+        let (_stdio, io) = Stdio::prepare(request, OWNER, 4242, 4343).await.unwrap();
         let ProcessIo::Pipes {
             stdin,
             stdout,
@@ -256,7 +300,7 @@ mod tests {
             stderr: format!("file://{}", log.display()),
             ..Default::default()
         };
-        let (mut stdio, io) = Stdio::prepare(request, 0, 0).unwrap();
+        let (mut stdio, io) = Stdio::prepare(request, OWNER, 0, 0).await.unwrap();
         let ProcessIo::Pipes { stdout, stderr, .. } = io else {
             panic!("expected pipes");
         };

@@ -14,7 +14,7 @@ pub enum Target {
     Fifo(PathBuf),
     /// `file://PATH`: output appended to a regular file.
     File(PathBuf),
-    /// `binary://PATH?args`: a logging binary. Accepted by the parser, served by a later issue.
+    /// `binary://PATH?args`: a logging binary (see `stdio::binary`).
     Binary(String),
 }
 
@@ -71,7 +71,8 @@ pub fn open_output(target: &Target) -> Result<Sink> {
                 .map_err(|e| Error::io(format!("open log file {}", path.display()), e))?;
             Ok(Sink::File(file))
         }
-        Target::Binary(_) => Err(Error::NotImplemented("binary:// logging")),
+        // Pipes go to a logging binary directly (Stdio::prepare); a terminal's output cannot.
+        Target::Binary(_) => Err(Error::NotImplemented("binary:// logging of a terminal")),
     }
 }
 
