@@ -184,6 +184,21 @@ impl Containerd {
             .collect()
     }
 
+    /// The serving shim of container `id` (the one started with `-id ID`, or serving its group,
+    /// per the `shim.pid` file our shim and the Go shim's `start` write into the bundle).
+    pub fn shim_pid_of(&self, id: &str) -> Option<u32> {
+        let from_file = std::fs::read_to_string(self.bundle(id).join("shim.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        from_file.or_else(|| {
+            let address = self.socket().to_string_lossy().into_owned();
+            processes_with_arg(&address)
+                .into_iter()
+                .find(|(_, argv)| argv.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+                .map(|(pid, _)| pid)
+        })
+    }
+
     fn cleanup_tasks(&self) {
         let out = self.ctr(&["task", "ls", "-q"]);
         for id in String::from_utf8_lossy(&out.stdout).lines() {

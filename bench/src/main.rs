@@ -1,0 +1,321 @@
+//! `shim-bench`: our shims against containerd's Go runc shim, interleaved in one run against
+//! one private containerd. Prints a table, writes JSON and an SVG chart.
+//!
+//! Usage: shim-bench [--quick] [--runs N] [--out DIR]
+mod chart;
+mod memory;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use integration::{spec, Binary, Client, Containerd, Shim};
+use serde_json::{json, Value};
+
+const SHIMS: [Shim; 2] = [Shim::GoRunc, Shim::RuncRs];
+
+struct Config {
+    runs: usize,
+    memory_counts: Vec<usize>,
+    throughput_containers: usize,
+    concurrency: usize,
+    out: PathBuf,
+}
+
+fn config() -> Config {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    Config {
+        runs: value("--runs")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 5 } else { 100 }),
+        memory_counts: if quick { vec![3] } else { vec![10, 50] },
+        throughput_containers: if quick { 8 } else { 50 },
+        concurrency: 8,
+        out: PathBuf::from(value("--out").unwrap_or_else(|| "target/bench".into())),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx]
+}
+
+/// One create → start → exit → delete of /bin/true through the containerd API.
+async fn lifecycle(c: &Client, id: &str) -> Duration {
+    let t0 = Instant::now();
+    c.create_container(id, &spec::spec(&["true"]))
+        .await
+        .expect("create container");
+    c.create_task(id, None, false).await.expect("create task");
+    c.start(id, "").await.expect("start");
+    c.wait(id, "").await.expect("wait");
+    c.delete_task(id).await.expect("delete task");
+    c.delete_container(id).await.expect("delete container");
+    t0.elapsed()
+}
+
+async fn latency(clients: &[Client], runs: usize) -> Value {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+    // Interleaved A B A B, back to back, so drift on a shared machine hits both alike.
+    for run in 0..runs {
+        for (i, c) in clients.iter().enumerate() {
+            let d = lifecycle(c, &format!("lat-{i}-{run}")).await;
+            samples[i].push(d.as_secs_f64() * 1000.0);
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (c, mut s) in clients.iter().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        out.insert(
+            c.shim.runtime_type().into(),
+            json!({
+                "median_ms": percentile(&s, 0.5),
+                "p90_ms": percentile(&s, 0.9),
+                "p99_ms": percentile(&s, 0.99),
+                "runs": s.len(),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+async fn throughput(c: &Client, n: usize, concurrency: usize, tag: &str) -> f64 {
+    let ids: Vec<String> = (0..n).map(|i| format!("tp-{tag}-{i}")).collect();
+    for id in &ids {
+        c.create_container(id, &spec::spec(&["sleep", "1000"]))
+            .await
+            .expect("create container");
+    }
+    let t0 = Instant::now();
+    stream::iter(ids.iter())
+        .for_each_concurrent(concurrency, |id| async move {
+            c.create_task(id, None, false).await.expect("create task");
+            c.start(id, "").await.expect("start");
+        })
+        .await;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    for id in &ids {
+        c.remove(id).await;
+    }
+    rate
+}
+
+/// CPU time (user + system, in ms) of a whole process, every thread included, from
+/// /proc/PID/stat (clock ticks of 10 ms: the per-lifecycle figure averages over many runs).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    const TICK_MS: f64 = 10.0; // USER_HZ is 100 on Linux
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command; utime and stime are fields 14 and 15.
+    let rest = text.rsplit(") ").next()?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * TICK_MS)
+}
+
+/// CPU of the serving shim per lifecycle. A keeper container holds the shim of a group alive
+/// while `runs` lifecycles of other containers in that group go through it, so its CPU can
+/// be read before and after with nanosecond precision. The short-lived `start` process each
+/// Create spawns is not included (it only finds the live shim and prints its address).
+async fn cpu_per_lifecycle(
+    containerd: &Containerd,
+    c: &Client,
+    runs: usize,
+    tag: &str,
+) -> Option<f64> {
+    let group = |s| spec::annotate(s, "io.containerd.runc.v2.group", &format!("cpu-{tag}"));
+    let keeper = format!("cpu-keeper-{tag}");
+    c.create_container(&keeper, &group(spec::spec(&["sleep", "1000"])))
+        .await
+        .ok()?;
+    c.create_task(&keeper, None, false).await.ok()?;
+    c.start(&keeper, "").await.ok()?;
+    let pid = containerd.shim_pid_of(&keeper)?;
+    let before = cpu_ms(pid)?;
+    for run in 0..runs {
+        let id = format!("cpu-{tag}-{run}");
+        c.create_container(&id, &group(spec::spec(&["true"])))
+            .await
+            .ok()?;
+        c.create_task(&id, None, false).await.ok()?;
+        c.start(&id, "").await.ok()?;
+        c.wait(&id, "").await.ok()?;
+        c.delete_task(&id).await.ok()?;
+        c.delete_container(&id).await.ok()?;
+    }
+    let after = cpu_ms(pid)?;
+    c.remove(&keeper).await;
+    Some((after - before) / runs as f64)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let cfg = config();
+    std::fs::create_dir_all(&cfg.out).expect("create output dir");
+    let containerd = Containerd::start().await;
+    let mut clients = Vec::new();
+    for shim in SHIMS {
+        clients.push(Client::new(&containerd, shim, Binary::Runc).await);
+    }
+    // Warm caches (binaries, rootfs) before measuring.
+    for (i, c) in clients.iter().enumerate() {
+        lifecycle(c, &format!("warm-{i}")).await;
+    }
+
+    eprintln!("latency: {} interleaved runs per shim", cfg.runs);
+    let latency = latency(&clients, cfg.runs).await;
+
+    eprintln!(
+        "throughput: {} containers, {} at a time",
+        cfg.throughput_containers, cfg.concurrency
+    );
+    let mut throughput_out = serde_json::Map::new();
+    for (i, c) in clients.iter().enumerate() {
+        let rate = throughput(
+            c,
+            cfg.throughput_containers,
+            cfg.concurrency,
+            &i.to_string(),
+        )
+        .await;
+        throughput_out.insert(c.shim.runtime_type().into(), json!(rate));
+    }
+
+    eprintln!("cpu per lifecycle");
+    let mut cpu_out = serde_json::Map::new();
+    for (i, c) in clients.iter().enumerate() {
+        let cpu = cpu_per_lifecycle(&containerd, c, cfg.runs.min(50), &i.to_string()).await;
+        cpu_out.insert(c.shim.runtime_type().into(), json!(cpu));
+    }
+
+    eprintln!("memory");
+    let mut memory_out = serde_json::Map::new();
+    for &n in &cfg.memory_counts {
+        for c in &clients {
+            let m = memory::per_shim(&containerd, c, n, false).await;
+            memory_out.insert(format!("{}@{n}", c.shim.runtime_type()), m);
+        }
+    }
+    for c in &clients {
+        let m = memory::per_shim(&containerd, c, 10, true).await;
+        memory_out.insert(format!("{}@grouped10", c.shim.runtime_type()), m);
+    }
+
+    let report = json!({
+        "machine": machine(),
+        "containerd": containerd_version(),
+        "latency": latency,
+        "throughput_containers_per_s": throughput_out,
+        "shim_cpu_ms_per_lifecycle": cpu_out,
+        "memory": memory_out,
+    });
+    let json_path = cfg.out.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    let svg_path = cfg.out.join("bench.svg");
+    std::fs::write(&svg_path, chart::svg(&report)).unwrap();
+    print!("{}", table(&report));
+    eprintln!("wrote {} and {}", json_path.display(), svg_path.display());
+}
+
+fn containerd_version() -> String {
+    let bin = std::env::var("CONTAINERD_BIN").unwrap_or_else(|_| "/usr/bin/containerd".into());
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
+}
+
+/// The report as a Markdown table, with our shims' ratios to the Go shim.
+fn table(r: &Value) -> String {
+    let go = Shim::GoRunc.runtime_type();
+    let mut rows = vec![(
+        "metric".to_string(),
+        SHIMS
+            .iter()
+            .map(|s| s.runtime_type().to_string())
+            .collect::<Vec<_>>(),
+    )];
+    let mut add = |name: String, get: &dyn Fn(&str) -> Option<f64>, unit: &str| {
+        let base = get(go);
+        let cells = SHIMS
+            .iter()
+            .map(|s| match (get(s.runtime_type()), base) {
+                (Some(v), Some(b)) if s.runtime_type() != go && b > 0.0 => {
+                    format!("{v:.2} {unit} ({:.2}x)", v / b)
+                }
+                (Some(v), _) => format!("{v:.2} {unit}"),
+                (None, _) => "n/a".into(),
+            })
+            .collect();
+        rows.push((name, cells));
+    };
+    for p in ["median_ms", "p90_ms", "p99_ms"] {
+        add(
+            format!("lifecycle {p}"),
+            &|s| r["latency"][s][p].as_f64(),
+            "ms",
+        );
+    }
+    add(
+        "throughput".into(),
+        &|s| r["throughput_containers_per_s"][s].as_f64(),
+        "ctr/s",
+    );
+    add(
+        "serving shim CPU per lifecycle".into(),
+        &|s| r["shim_cpu_ms_per_lifecycle"][s].as_f64(),
+        "ms",
+    );
+    if let Some(mem) = r["memory"].as_object() {
+        let mut keys: Vec<String> = mem
+            .keys()
+            .filter_map(|k| k.split_once('@').map(|(_, n)| n.to_string()))
+            .collect();
+        keys.dedup();
+        keys.sort();
+        keys.dedup();
+        for n in keys {
+            for field in ["rss_kib", "pss_kib", "uss_kib", "threads"] {
+                let unit = if field == "threads" { "" } else { "KiB" };
+                add(
+                    format!("{field} per shim ({n})"),
+                    &|s| r["memory"][format!("{s}@{n}")][field].as_f64(),
+                    unit,
+                );
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (name, cells)) in rows.iter().enumerate() {
+        out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+        if i == 0 {
+            out.push_str(&format!("|---|{}\n", "---|".repeat(cells.len())));
+        }
+    }
+    out
+}
