@@ -131,6 +131,11 @@ fn decode(topic: &str, bytes: &[u8]) -> Event {
                 e.pid = m.pid;
             }
         }
+        "/tasks/oom" => {
+            if let Ok(m) = TaskOom::decode(bytes) {
+                e.container_id = m.container_id;
+            }
+        }
         "/tasks/paused" => {
             if let Ok(m) = TaskPaused::decode(bytes) {
                 e.container_id = m.container_id;

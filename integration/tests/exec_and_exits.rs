@@ -219,3 +219,45 @@ shim_tests!(update_applies_new_resources, |ctx| {
     assert_eq!(limit.trim(), "67108864");
     c.remove("upd").await;
 });
+
+shim_tests!(stats_reach_ctr_task_metrics, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("st", &spec::spec(&["sleep", "1000"])).await;
+    let out = ctx.containerd.ctr(&["task", "metrics", "st"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ctr decodes the Any by its type URL and prints the fields of the matching version.
+    let v1 = text.contains("memory.usage_in_bytes");
+    let v2 = text.contains("memory.usage");
+    assert!(v1 || v2, "no memory figures in:\n{text}");
+    assert!(text.contains("pids.current"), "{text}");
+    c.remove("st").await;
+    // After delete the container is unknown.
+    let out = ctx.containerd.ctr(&["task", "metrics", "st"]);
+    assert!(!out.status.success());
+});
+
+shim_tests!(oom_kill_is_reported_before_the_exit, |ctx| {
+    let c = &ctx.client;
+    let events = Recorder::start(c).await;
+    let mut s = spec::spec(&["tail", "/dev/zero"]);
+    s["linux"]["resources"]["memory"] = serde_json::json!({ "limit": 16777216, "swap": 16777216 });
+    c.create_container("oom", &s).await.unwrap();
+    c.create_task("oom", None, false).await.unwrap();
+    c.start("oom", "").await.unwrap();
+    assert_eq!(c.wait("oom", "").await.unwrap(), 137);
+    let ev = events
+        .wait_for("oom and exit", |e| {
+            e.iter().any(|e| e.topic == "/tasks/exit") && e.iter().any(|e| e.topic == "/tasks/oom")
+        })
+        .await;
+    let topics: Vec<&str> = ev.iter().map(|e| e.topic.as_str()).collect();
+    let oom = topics.iter().position(|t| *t == "/tasks/oom").unwrap();
+    let exit = topics.iter().position(|t| *t == "/tasks/exit").unwrap();
+    assert!(oom < exit, "TaskOOM must precede TaskExit: {topics:?}");
+    c.delete_task("oom").await.unwrap();
+});

@@ -17,6 +17,7 @@ pub use error::{BackendError, Error};
 pub use options::RuntimeOptions;
 pub mod bootstrap;
 pub mod events;
+pub mod metrics;
 pub mod mount;
 pub mod process;
 pub mod stdio;

@@ -18,7 +18,7 @@ use protobuf::well_known_types::empty::Empty;
 use protobuf::{Message, MessageField};
 use protos::api::*;
 use protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use protos::shim::oci::ProcessDetails;
@@ -30,6 +30,7 @@ use super::exits::{ExitTable, Owner};
 use crate::backend::{Backend, CheckpointRequest, ContainerInfo};
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
+use crate::metrics::Cgroup;
 use crate::mount;
 use crate::options::RuntimeOptions;
 use crate::process::{wait_exit, Event, ExitInfo, Process, State};
@@ -45,6 +46,10 @@ struct Container {
     execs: HashMap<String, Process>,
     /// The init's exit, held back until no exec is running.
     held_init_exit: Option<Exit>,
+    /// The container's cgroup, for Stats and OOM events; found from the init's pid.
+    cgroup: Option<Cgroup>,
+    /// The cgroup's OOM-kill count already reported as TaskOOM.
+    oom_kills_reported: u64,
 }
 
 impl Container {
@@ -164,6 +169,8 @@ impl<B: Backend> TaskService<B> {
 
     /// Records an exit and publishes it, holding the init's back while execs run.
     fn apply_exit(&self, c: &mut Container, exec_id: &str, exit: Exit) {
+        // An OOM kill must be reported before the exit it caused.
+        self.report_oom(c);
         if exec_id.is_empty() {
             if c.running_execs() > 0 {
                 log::debug!(
@@ -188,6 +195,44 @@ impl<B: Backend> TaskService<B> {
                 self.finish_exit(&mut c.init, init_exit);
             }
         }
+    }
+
+    /// Publishes TaskOOM if the kernel OOM-killed a process of the container since last time.
+    fn report_oom(&self, c: &mut Container) {
+        let Some(kills) = c.cgroup.as_ref().map(Cgroup::oom_kills) else {
+            return;
+        };
+        if kills > c.oom_kills_reported {
+            c.oom_kills_reported = kills;
+            self.publish(
+                topics::TASK_OOM_EVENT_TOPIC,
+                &TaskOOM {
+                    container_id: c.info.id.clone(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Reports OOM kills as they happen, until the cgroup goes away.
+    fn watch_oom(&self, id: &str, cgroup: &Cgroup) {
+        let mut watcher = match cgroup.watch_oom() {
+            Ok(w) => w,
+            Err(e) => {
+                log::warn!("container {id}: no OOM events: {e}");
+                return;
+            }
+        };
+        let this = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            while watcher.next().await.is_some() {
+                let Ok(c) = this.container(&id) else {
+                    return;
+                };
+                this.report_oom(&mut *c.lock().await);
+            }
+        });
     }
 
     fn finish_exit(&self, p: &mut Process, exit: Exit) {
@@ -251,11 +296,15 @@ impl<B: Backend> TaskService<B> {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.id);
         let (container, pid) = result?;
+        let cgroup = container.cgroup.clone();
         self.inner
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(req.id.clone(), Arc::new(AsyncMutex::new(container)));
+        if let Some(cgroup) = cgroup {
+            self.watch_oom(&req.id, &cgroup);
+        }
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -324,11 +373,17 @@ impl<B: Backend> TaskService<B> {
         };
         init.pid = pid;
         init.stdio = Some(stdio);
+        let cgroup = Cgroup::for_pid(pid)
+            .inspect_err(|e| log::warn!("container {}: cgroup not found: {e}", req.id))
+            .ok();
+        let oom_kills_reported = cgroup.as_ref().map_or(0, Cgroup::oom_kills);
         let mut container = Container {
             info,
             init,
             execs: HashMap::new(),
             held_init_exit: None,
+            cgroup,
+            oom_kills_reported,
         };
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -727,6 +782,18 @@ impl<B: Backend> TaskService<B> {
         })
     }
 
+    async fn do_stats(&self, id: &str) -> Result<StatsResponse> {
+        let c = self.container(id)?;
+        let c = c.lock().await;
+        let cgroup = c.cgroup.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!("container {id:?} has no cgroup to read stats from"))
+        })?;
+        Ok(StatsResponse {
+            stats: MessageField::some(cgroup.stats()?),
+            ..Default::default()
+        })
+    }
+
     async fn do_update(&self, req: UpdateTaskRequest) -> Result<()> {
         let c = self.container(&req.id)?;
         let c = c.lock().await;
@@ -909,8 +976,8 @@ impl<B: Backend> protos::shim_async::Task for TaskService<B> {
     async fn wait(&self, _: &TtrpcContext, r: WaitRequest) -> ttrpc::Result<WaitResponse> {
         Ok(self.do_wait(r).await?)
     }
-    async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        Err(Error::NotImplemented("Stats").into())
+    async fn stats(&self, _: &TtrpcContext, r: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        Ok(self.do_stats(&r.id).await?)
     }
     async fn connect(&self, _: &TtrpcContext, r: ConnectRequest) -> ttrpc::Result<ConnectResponse> {
         Ok(self.do_connect(r).await?)
