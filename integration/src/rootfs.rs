@@ -12,7 +12,7 @@ pub fn busybox() -> &'static Path {
         // A fixed path per test process, removed by the next run if a crash left it behind.
         let dir = PathBuf::from(format!("/tmp/it-rootfs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        for sub in ["bin", "proc", "sys", "dev", "etc", "tmp", "run"] {
             std::fs::create_dir_all(dir.join(sub)).expect("create rootfs dir");
         }
         std::fs::copy(BUSYBOX, dir.join("bin/busybox")).expect("copy busybox (busybox-static)");

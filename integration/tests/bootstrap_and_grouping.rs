@@ -148,3 +148,50 @@ shim_tests!(shim_oom_score_is_containerds_plus_one, |ctx| {
     assert_eq!(read(shim), (read(containerd) + 1).min(1000));
     c.remove("oom").await;
 });
+
+shim_tests!(shim_cgroup_option_places_the_shim, |ctx| {
+    let c = &ctx.client;
+    let ns = ctx.containerd.namespace.clone();
+    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dir = if unified {
+        format!("/sys/fs/cgroup/{ns}/shim")
+    } else {
+        format!("/sys/fs/cgroup/memory/{ns}/shim")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = integration::client::Options {
+        shim_cgroup: format!("/{ns}/shim"),
+        ..c.options()
+    };
+    let any = integration::client::options_any(&opts);
+    c.create_container_with("placed", &spec::spec(&["sleep", "1000"]), Some(any.clone()))
+        .await
+        .unwrap();
+    c.create_task_with("placed", None, false, Some(any))
+        .await
+        .unwrap();
+    c.start("placed", "").await.unwrap();
+    let shim = ctx.containerd.shim_pid_of("placed").unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).unwrap();
+    assert!(cgroups.contains(&format!("/{ns}/shim")), "{cgroups}");
+    c.remove("placed").await;
+
+    // A cgroup that does not exist: the shim refuses to start, and says why.
+    let bad = integration::client::Options {
+        shim_cgroup: format!("/{ns}/missing"),
+        ..c.options()
+    };
+    let any = integration::client::options_any(&bad);
+    c.create_container_with("misplaced", &spec::spec(&["true"]), Some(any.clone()))
+        .await
+        .unwrap();
+    let err = c
+        .create_task_with("misplaced", None, false, Some(any))
+        .await;
+    let status = err.expect_err("start should fail");
+    assert!(status.message().contains("missing"), "{}", status.message());
+    assert!(
+        ctx.containerd.shim_pids().is_empty(),
+        "no shim left running"
+    );
+});

@@ -207,3 +207,25 @@ shim_tests!(legacy_create_options_are_accepted, |ctx| {
     assert_eq!(c.wait("legacy", "").await.unwrap(), 5);
     c.delete_task("legacy").await.unwrap();
 });
+
+shim_tests!(user_namespace_root_owns_its_stdio, |ctx| {
+    let c = &ctx.client;
+    let mut s = spec::sh("stat -L -c '%u %g' /proc/self/fd/1; echo via-dev-stdout > /dev/stdout");
+    let map = serde_json::json!([{ "containerID": 0, "hostID": 100000, "size": 65536 }]);
+    s["linux"]["uidMappings"] = map.clone();
+    s["linux"]["gidMappings"] = map;
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "type": "user" }));
+    c.create_container("userns", &s).await.unwrap();
+    let mut io = c.io("userns", false);
+    c.create_task("userns", Some(&io), false).await.unwrap();
+    c.start("userns", "").await.unwrap();
+    let status = c.wait("userns", "").await.unwrap();
+    let err = io.stderr.take().unwrap().text();
+    assert_eq!(status, 0, "stderr: {err}");
+    // Inside the namespace the pipes belong to root, who can reopen them.
+    assert_eq!(io.stdout_text(), "0 0\nvia-dev-stdout\n");
+    c.delete_task("userns").await.unwrap();
+});

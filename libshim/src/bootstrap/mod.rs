@@ -92,7 +92,23 @@ fn start(args: &Args) -> Result<()> {
 
     match bind_socket(&path)? {
         None => log::debug!("reusing shim at {uri} for group {group}"),
-        Some(listener) => spawn_server(args, &bundle, listener, &path)?,
+        Some(listener) => {
+            let pid = spawn_server(args, &bundle, listener, &path)?;
+            // The task (or runtime) options arrive on stdin; ShimCgroup places the shim.
+            let shim_cgroup = RuntimeOptions::from_any_bytes(&options)
+                .map(|o| o.shim_cgroup)
+                .unwrap_or_default();
+            if !shim_cgroup.is_empty() {
+                if let Err(e) = crate::metrics::join(&shim_cgroup, pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e);
+                }
+            }
+        }
     }
     write_file(&bundle.join("address"), &uri)?;
     let mut out = std::io::stdout();
@@ -129,7 +145,7 @@ fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     )))
 }
 
-fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path) -> Result<()> {
+fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path) -> Result<u32> {
     let cleanup = |e: Error| {
         let _ = std::fs::remove_file(path);
         e
@@ -154,7 +170,7 @@ fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path)
         log::warn!("set the shim's oom_score_adj: {e}");
     }
     // The start process exits now; the server is reparented and nobody waits for it here.
-    Ok(())
+    Ok(child.id())
 }
 
 /// The shim gets containerd's OOM score plus one, so the kernel kills a shim before the

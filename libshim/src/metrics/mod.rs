@@ -107,6 +107,32 @@ impl Cgroup {
     }
 }
 
+/// Moves `pid` into the cgroup at `path` (relative to the hierarchy roots): on v2 the one
+/// directory, on v1 every controller hierarchy where that directory exists.
+pub fn join(path: &str, pid: u32) -> Result<()> {
+    let root = Path::new(CGROUP_ROOT);
+    let rel = path.trim_start_matches('/');
+    let targets: Vec<PathBuf> = if is_unified(root) {
+        vec![root.join(rel)]
+    } else {
+        std::fs::read_dir(root)
+            .map_err(|e| Error::io(format!("list {CGROUP_ROOT}"), e))?
+            .flatten()
+            .map(|h| h.path().join(rel))
+            .filter(|d| d.is_dir())
+            .collect()
+    };
+    if targets.is_empty() || !targets.iter().all(|d| d.is_dir()) {
+        return Err(Error::NotFound(format!("cgroup {path:?} does not exist")));
+    }
+    for dir in targets {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| Error::io(format!("add {pid} to {}", procs.display()), e))?;
+    }
+    Ok(())
+}
+
 fn is_unified(root: &Path) -> bool {
     nix::sys::statfs::statfs(root)
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)

@@ -313,8 +313,13 @@ impl<B: Backend> TaskService<B> {
 
     async fn create_container(&self, req: &CreateTaskRequest) -> Result<(Container, u32)> {
         let bundle = PathBuf::from(&req.bundle);
-        check_bundle(&bundle)?;
-        let options = RuntimeOptions::from_any(req.options.as_ref())?;
+        let spec = check_bundle(&bundle)?;
+        let mut options = RuntimeOptions::from_any(req.options.as_ref())?;
+        // In a user namespace the container's root is some other host user: it must be able
+        // to use its stdio.
+        if options.io_uid == 0 && options.io_gid == 0 {
+            (options.io_uid, options.io_gid) = mapped_root(&spec);
+        }
         let info = ContainerInfo {
             id: req.id.clone(),
             namespace: self.inner.namespace.clone(),
@@ -888,8 +893,28 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a bundle the runtime would fail on less clearly.
-fn check_bundle(bundle: &std::path::Path) -> Result<()> {
+/// The host uid and gid the container's root maps to (0, 0 without a user namespace).
+fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
+    let host_of_root = |key: &str| {
+        spec.pointer(&format!("/linux/{key}"))
+            .and_then(|m| m.as_array())
+            .and_then(|maps| {
+                maps.iter().find_map(|m| {
+                    let (inside, host, size) = (
+                        m["containerID"].as_u64()?,
+                        m["hostID"].as_u64()?,
+                        m["size"].as_u64()?,
+                    );
+                    (inside == 0 && size > 0).then_some(host as u32)
+                })
+            })
+            .unwrap_or(0)
+    };
+    (host_of_root("uidMappings"), host_of_root("gidMappings"))
+}
+
+/// Refuses a bundle the runtime would fail on less clearly; returns its config.
+fn check_bundle(bundle: &std::path::Path) -> Result<serde_json::Value> {
     let config = bundle.join("config.json");
     let data = std::fs::read(&config).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -917,7 +942,7 @@ fn check_bundle(bundle: &std::path::Path) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(spec)
 }
 
 #[async_trait]
@@ -990,7 +1015,17 @@ impl<B: Backend> protos::shim_async::Task for TaskService<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_id;
+    use super::{mapped_root, validate_id};
+
+    #[test]
+    fn stdio_goes_to_the_mapped_root() {
+        let spec = serde_json::json!({"linux": {
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]
+        }});
+        assert_eq!(mapped_root(&spec), (100000, 200000));
+        assert_eq!(mapped_root(&serde_json::json!({"linux": {}})), (0, 0));
+    }
 
     #[test]
     fn ids() {
