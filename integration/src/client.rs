@@ -426,6 +426,27 @@ impl Client {
             .map(drop)
     }
 
+    /// Checkpoint with runc's CheckpointOptions (image path, exit, ...).
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        options: &protos::shim::oci::CheckpointOptions,
+    ) -> Result<(), Status> {
+        let req = CheckpointTaskRequest {
+            container_id: id.to_string(),
+            parent_checkpoint: String::new(),
+            options: Some(Any {
+                type_url: protos::type_urls::RUNC_CHECKPOINT_OPTIONS.to_string(),
+                value: options.write_to_bytes().expect("encode checkpoint options"),
+            }),
+        };
+        self.raw
+            .tasks()
+            .checkpoint(with_namespace!(req, self.namespace))
+            .await
+            .map(drop)
+    }
+
     /// Update with OCI `LinuxResources` JSON.
     pub async fn update(&self, id: &str, resources: &Value) -> Result<(), Status> {
         let req = UpdateTaskRequest {

@@ -67,8 +67,12 @@ impl Containerd {
             alias_dir.join(LEGACY_ALIAS_BINARY),
         )
         .expect("alias symlink");
+        // CRIU_BIN_DIR (scripts/fetch-criu) puts a working criu where runc looks for it.
+        let criu = std::env::var("CRIU_BIN_DIR")
+            .map(|d| format!("{d}:"))
+            .unwrap_or_default();
         let path = format!(
-            "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{}:{criu}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             shim_bin_dir().display(),
             alias_dir.display()
         );

@@ -40,13 +40,22 @@ impl ContainerInfo {
     }
 }
 
-/// A checkpoint to restore from, or to write.
-#[derive(Debug, Clone, Default)]
+/// A checkpoint to write, or to restore from (CRIU's options, as containerd sends them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointRequest {
     pub image_path: PathBuf,
-    pub work_path: Option<PathBuf>,
+    /// CRIU's work directory (its logs land here).
+    pub work_path: PathBuf,
+    /// Stop the container after the checkpoint instead of leaving it running.
     pub exit: bool,
     pub parent: Option<PathBuf>,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    /// The process has a terminal (CRIU's shell-job).
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    pub cgroups_mode: String,
 }
 
 /// The hooks a low-level runtime provides. Every method may block only in `.await`s.
@@ -103,6 +112,17 @@ pub trait Backend: Send + Sync + 'static {
         _request: &CheckpointRequest,
     ) -> Result<(), BackendError> {
         Err(BackendError::NotImplemented("checkpoint"))
+    }
+
+    /// Creates and starts the container from a checkpoint instead of from its config.
+    /// Returns the restored init's pid.
+    async fn restore(
+        &self,
+        _info: &ContainerInfo,
+        _io: ProcessIo,
+        _request: &CheckpointRequest,
+    ) -> Result<u32, BackendError> {
+        Err(BackendError::NotImplemented("restore"))
     }
 
     /// The container's cgroup, for stats and OOM watching, if the backend knows it.

@@ -110,6 +110,56 @@ impl RuntimeOptions {
     }
 }
 
+/// The CRIU options of a Checkpoint request (`containerd.runc.v1.CheckpointOptions`, or the
+/// legacy `containerd.linux.runc.CheckpointOptions`). Paths are left empty when not given.
+pub fn checkpoint_request(any: Option<&Any>) -> Result<crate::backend::CheckpointRequest, Error> {
+    use crate::backend::CheckpointRequest;
+    let Some(any) = any.filter(|a| !a.type_url.is_empty()) else {
+        return Ok(CheckpointRequest::default());
+    };
+    let bad = |e: protobuf::Error| Error::InvalidArgument(format!("decode {}: {e}", any.type_url));
+    let req = match strip_prefix(&any.type_url) {
+        type_urls::RUNC_CHECKPOINT_OPTIONS => {
+            let o =
+                protos::shim::oci::CheckpointOptions::parse_from_bytes(&any.value).map_err(bad)?;
+            CheckpointRequest {
+                image_path: o.image_path.into(),
+                work_path: o.work_path.into(),
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                parent: None,
+            }
+        }
+        type_urls::LEGACY_CHECKPOINT_OPTIONS => {
+            let o =
+                protos::runctypes::CheckpointOptions::parse_from_bytes(&any.value).map_err(bad)?;
+            CheckpointRequest {
+                image_path: o.image_path.into(),
+                work_path: o.work_path.into(),
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                parent: None,
+            }
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported checkpoint options type {other:?}"
+            )))
+        }
+    };
+    Ok(req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +213,24 @@ mod tests {
         };
         let err = RuntimeOptions::from_any(Some(&any)).unwrap_err();
         assert!(err.to_string().contains("foo.Bar"), "{err}");
+    }
+
+    #[test]
+    fn decodes_checkpoint_options() {
+        let o = protos::shim::oci::CheckpointOptions {
+            exit: true,
+            image_path: "/img".into(),
+            ..Default::default()
+        };
+        let req =
+            checkpoint_request(Some(&any_of("containerd.runc.v1.CheckpointOptions", &o))).unwrap();
+        assert!(req.exit);
+        assert_eq!(req.image_path, std::path::Path::new("/img"));
+        assert!(checkpoint_request(None)
+            .unwrap()
+            .image_path
+            .as_os_str()
+            .is_empty());
     }
 
     #[test]

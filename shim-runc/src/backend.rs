@@ -134,22 +134,27 @@ impl Backend for RuncBackend {
         request: &CheckpointRequest,
     ) -> Result<(), BackendError> {
         let rt = Runtime::for_container(info);
-        let mut args = vec![
-            os("checkpoint"),
-            os("--image-path"),
-            os(&request.image_path),
-        ];
-        if let Some(work) = &request.work_path {
-            args.extend([os("--work-path"), os(work)]);
-        }
-        if let Some(parent) = &request.parent {
-            args.extend([os("--parent-path"), os(parent)]);
-        }
-        if !request.exit {
-            args.push(os("--leave-running"));
-        }
-        args.push(os(&info.id));
+        let args = cli::checkpoint_args(&info.id, request);
         rt.run("checkpoint", args, None, None).await.map(drop)
+    }
+
+    async fn restore(
+        &self,
+        info: &ContainerInfo,
+        io: ProcessIo,
+        request: &CheckpointRequest,
+    ) -> Result<u32, BackendError> {
+        let rt = Runtime::for_container(info);
+        let args = cli::restore_args(
+            &info.id,
+            &info.bundle,
+            &info.options,
+            request,
+            cli::console_socket_of(&io),
+        );
+        rt.run("restore", args, Some(io), Some(&info.bundle))
+            .await?;
+        cli::read_pid(&info.bundle.join("init.pid"))
     }
 
     async fn cleanup(

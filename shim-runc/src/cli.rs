@@ -6,7 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use libshim::backend::ProcessIo;
+use libshim::backend::{CheckpointRequest, ProcessIo};
 use libshim::reaper;
 use libshim::{BackendError, ContainerInfo, RuntimeOptions};
 
@@ -193,6 +193,72 @@ pub fn create_args(
     args
 }
 
+/// The CRIU flags `checkpoint` and `restore` share.
+fn criu_args(request: &CheckpointRequest) -> Vec<OsString> {
+    let mut args = vec![os("--image-path"), os(&request.image_path)];
+    args.extend([os("--work-path"), os(&request.work_path)]);
+    if request.open_tcp {
+        args.push(os("--tcp-established"));
+    }
+    if request.external_unix_sockets {
+        args.push(os("--ext-unix-sk"));
+    }
+    if request.terminal {
+        args.push(os("--shell-job"));
+    }
+    if request.file_locks {
+        args.push(os("--file-locks"));
+    }
+    if !request.cgroups_mode.is_empty() {
+        args.extend([os("--manage-cgroups-mode"), os(&request.cgroups_mode)]);
+    }
+    for ns in &request.empty_namespaces {
+        args.extend([os("--empty-ns"), os(ns)]);
+    }
+    args
+}
+
+/// `checkpoint` arguments.
+pub fn checkpoint_args(id: &str, request: &CheckpointRequest) -> Vec<OsString> {
+    let mut args = vec![os("checkpoint")];
+    args.extend(criu_args(request));
+    if let Some(parent) = &request.parent {
+        args.extend([os("--parent-path"), os(parent)]);
+    }
+    if !request.exit {
+        args.push(os("--leave-running"));
+    }
+    args.push(os(id));
+    args
+}
+
+/// `restore --detach` arguments.
+pub fn restore_args(
+    id: &str,
+    bundle: &Path,
+    options: &RuntimeOptions,
+    request: &CheckpointRequest,
+    console_socket: Option<&Path>,
+) -> Vec<OsString> {
+    let mut args = vec![
+        os("restore"),
+        os("--detach"),
+        os("--bundle"),
+        os(bundle),
+        os("--pid-file"),
+        os(bundle.join("init.pid")),
+    ];
+    args.extend(criu_args(request));
+    if let Some(sock) = console_socket {
+        args.extend([os("--console-socket"), os(sock)]);
+    }
+    if options.no_pivot_root {
+        args.push(os("--no-pivot"));
+    }
+    args.push(os(id));
+    args
+}
+
 /// `exec --detach` arguments.
 pub fn exec_args(
     id: &str,
@@ -312,6 +378,46 @@ mod tests {
         assert!(msg.contains("executable file not found"), "{msg}");
         assert!(!msg.contains("ignored"));
         assert!(last_errors(&dir.path().join("missing")).is_none());
+    }
+
+    #[test]
+    fn checkpoint_and_restore_args() {
+        let req = CheckpointRequest {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            open_tcp: true,
+            terminal: true,
+            ..Default::default()
+        };
+        let args: Vec<_> = checkpoint_args("c", &req)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "checkpoint",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/work",
+                "--tcp-established",
+                "--shell-job",
+                "--leave-running",
+                "c"
+            ]
+        );
+        let exit = CheckpointRequest {
+            exit: true,
+            ..req.clone()
+        };
+        assert!(!checkpoint_args("c", &exit).contains(&os("--leave-running")));
+        let args = restore_args("c", Path::new("/b"), &RuntimeOptions::default(), &req, None);
+        assert_eq!(
+            args[..4],
+            [os("restore"), os("--detach"), os("--bundle"), os("/b")]
+        );
+        assert!(args.contains(&os("--image-path")) && args.ends_with(&[os("c")]));
     }
 
     #[test]

@@ -50,6 +50,8 @@ struct Container {
     cgroup: Option<Cgroup>,
     /// The cgroup's OOM-kill count already reported as TaskOOM.
     oom_kills_reported: u64,
+    /// Set when the container is to be restored from a checkpoint at Start.
+    restore: Option<CheckpointRequest>,
 }
 
 impl Container {
@@ -340,6 +342,36 @@ impl<B: Backend> TaskService<B> {
             terminal: req.terminal,
         };
         let mut init = Process::new(&req.id, "", stdio_request.clone());
+        // A checkpoint to restore from (containerd's checkpoint, or the CriuImagePath option
+        // its clients set for a restore): the runtime restores at Start instead of creating.
+        let restore_from = [
+            req.checkpoint.as_str(),
+            info.options.criu_image_path.as_str(),
+        ]
+        .into_iter()
+        .find(|p| !p.is_empty())
+        .map(PathBuf::from);
+        if let Some(image_path) = restore_from {
+            let restore = CheckpointRequest {
+                image_path,
+                work_path: criu_work_path(&info),
+                parent: (!req.parent_checkpoint.is_empty())
+                    .then(|| PathBuf::from(&req.parent_checkpoint)),
+                terminal: req.terminal,
+                ..Default::default()
+            };
+            let container = Container {
+                info,
+                init,
+                execs: HashMap::new(),
+                held_init_exit: None,
+                cgroup: None,
+                oom_kills_reported: 0,
+                restore: Some(restore),
+            };
+            self.publish_create(req, 0);
+            return Ok((container, 0));
+        }
         let created = async {
             let owner = StdioOwner {
                 container_id: &info.id,
@@ -389,7 +421,16 @@ impl<B: Backend> TaskService<B> {
             held_init_exit: None,
             cgroup,
             oom_kills_reported,
+            restore: None,
         };
+        self.publish_create(req, pid);
+        if let Some(exit) = early {
+            self.apply_exit(&mut container, "", exit);
+        }
+        Ok((container, pid))
+    }
+
+    fn publish_create(&self, req: &CreateTaskRequest, pid: u32) {
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             &TaskCreate {
@@ -408,13 +449,73 @@ impl<B: Backend> TaskService<B> {
                 ..Default::default()
             },
         );
-        if let Some(exit) = early {
-            self.apply_exit(&mut container, "", exit);
-        }
-        Ok((container, pid))
     }
 
     // ---- Start ----
+
+    /// Start of a container created from a checkpoint: the runtime restores it now.
+    async fn restore_init(&self, c: &mut Container, request: CheckpointRequest) -> Result<()> {
+        let info = c.info.clone();
+        let owner = StdioOwner {
+            container_id: &info.id,
+            namespace: &info.namespace,
+        };
+        let (mut stdio, io) = Stdio::prepare(
+            c.init.stdio_request.clone(),
+            owner,
+            info.options.io_uid,
+            info.options.io_gid,
+        )
+        .await?;
+        std::fs::create_dir_all(&request.work_path).map_err(|e| {
+            Error::io(
+                format!("create CRIU work dir {}", request.work_path.display()),
+                e,
+            )
+        })?;
+        let guard = self.inner.exits.begin_start();
+        let restored = self.inner.backend.restore(&info, io, &request).await;
+        let pid = match restored {
+            Ok(pid) => pid,
+            Err(e) => {
+                return Err(with_criu_log(
+                    e.into(),
+                    &request.work_path,
+                    &info,
+                    "restore",
+                ))
+            }
+        };
+        let early = self.inner.exits.register(
+            pid,
+            Owner {
+                container_id: info.id.clone(),
+                exec_id: String::new(),
+            },
+        );
+        drop(guard);
+        stdio.attach_console().await?;
+        c.init.pid = pid;
+        c.init.stdio = Some(stdio);
+        c.cgroup = Cgroup::for_pid(pid).ok();
+        c.oom_kills_reported = c.cgroup.as_ref().map_or(0, Cgroup::oom_kills);
+        if let Some(cgroup) = c.cgroup.clone() {
+            self.watch_oom(&info.id, &cgroup);
+        }
+        c.init.apply(Event::Start)?;
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            &TaskStart {
+                container_id: info.id.clone(),
+                pid,
+                ..Default::default()
+            },
+        );
+        if let Some(exit) = early {
+            self.apply_exit(c, "", exit);
+        }
+        Ok(())
+    }
 
     async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
         let c = self.container(&req.id)?;
@@ -422,6 +523,13 @@ impl<B: Backend> TaskService<B> {
         let pid = if req.exec_id.is_empty() {
             if c.init.state() != State::Created {
                 return Err(c.init.apply(Event::Start).unwrap_err());
+            }
+            if let Some(request) = c.restore.take() {
+                self.restore_init(&mut c, request).await?;
+                return Ok(StartResponse {
+                    pid: c.init.pid,
+                    ..Default::default()
+                });
             }
             self.inner.backend.start(&c.info).await?;
             c.init.apply(Event::Start)?;
@@ -814,11 +922,28 @@ impl<B: Backend> TaskService<B> {
     async fn do_checkpoint(&self, req: CheckpointTaskRequest) -> Result<()> {
         let c = self.container(&req.id)?;
         let c = c.lock().await;
-        let request = CheckpointRequest {
-            image_path: PathBuf::from(&req.path),
-            ..Default::default()
-        };
-        self.inner.backend.checkpoint(&c.info, &request).await?;
+        if !matches!(c.init.state(), State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot checkpoint container {:?}: it is {}",
+                req.id,
+                c.init.state().name()
+            )));
+        }
+        let mut request = crate::options::checkpoint_request(req.options.as_ref())?;
+        if request.image_path.as_os_str().is_empty() {
+            request.image_path = PathBuf::from(&req.path);
+        }
+        if request.work_path.as_os_str().is_empty() {
+            request.work_path = criu_work_path(&c.info);
+        }
+        request.terminal |= c.init.stdio_request.terminal;
+        for dir in [&request.image_path, &request.work_path] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        if let Err(e) = self.inner.backend.checkpoint(&c.info, &request).await {
+            return Err(with_criu_log(e.into(), &request.work_path, &c.info, "dump"));
+        }
         Ok(())
     }
 
@@ -852,6 +977,26 @@ impl<B: Backend> TaskService<B> {
             self.inner.publisher.flush(Duration::from_secs(2)).await;
             self.inner.shutdown.notify_one();
         }
+    }
+}
+
+/// CRIU's work directory: the CriuWorkPath option, or one in the bundle.
+fn criu_work_path(info: &ContainerInfo) -> PathBuf {
+    if info.options.criu_work_path.is_empty() {
+        info.bundle.join("criu-work")
+    } else {
+        PathBuf::from(&info.options.criu_work_path)
+    }
+}
+
+/// Keeps CRIU's log of a failed dump or restore where the user can read it (the bundle's
+/// `criu-<action>.log`) and says so in the error.
+fn with_criu_log(err: Error, work: &std::path::Path, info: &ContainerInfo, action: &str) -> Error {
+    let log = work.join(format!("{action}.log"));
+    let kept = info.bundle.join(format!("criu-{action}.log"));
+    match std::fs::copy(&log, &kept) {
+        Ok(_) => Error::FailedPrecondition(format!("{err}; CRIU log: {}", kept.display())),
+        Err(_) => err,
     }
 }
 

@@ -1,0 +1,146 @@
+//! Checkpoint and restore for real, with CRIU (scripts/fetch-criu provides one that works here).
+use std::time::Duration;
+
+use containerd_client::tonic::Code;
+use integration::client::{options_any, Options};
+use integration::shim_tests;
+use integration::spec;
+
+/// Whether a working criu is on the PATH containerd (and so runc) gets.
+fn criu_available() -> bool {
+    let ok = std::env::var("CRIU_BIN_DIR").is_ok_and(|d| {
+        std::process::Command::new(format!("{d}/criu"))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        eprintln!(
+            "skipped: set CRIU_BIN_DIR to a directory with a working criu (scripts/fetch-criu)"
+        );
+    }
+    ok
+}
+
+/// Whether the OCI runtime was built with checkpoint support (crun's `--version` lists +CRIU).
+fn runtime_checkpoints(binary: integration::Binary) -> bool {
+    if binary == integration::Binary::Runc {
+        return true;
+    }
+    let out = std::process::Command::new(binary.name())
+        .arg("--version")
+        .output();
+    let ok = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+CRIU"));
+    if !ok {
+        eprintln!("skipped: {} was built without CRIU support", binary.name());
+    }
+    ok
+}
+
+/// The counter the container prints once a tick, as the last complete line of `text`.
+fn last_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .last()
+        .unwrap_or(0)
+}
+
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done";
+
+shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
+    if !criu_available() || !runtime_checkpoints(ctx.binary) {
+        return;
+    }
+    let c = &ctx.client;
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("img");
+    let mut io = c.run("cr", &spec::sh(COUNTER)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    // Leave-running checkpoint: the process goes on.
+    let keep = protos::shim::oci::CheckpointOptions {
+        image_path: images.path().join("live").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    c.checkpoint("cr", &keep).await.unwrap();
+    assert_eq!(c.status("cr", "").await.unwrap(), "RUNNING");
+    assert!(images.path().join("live/inventory.img").exists());
+
+    // Exit checkpoint: the process stops, and the image holds it.
+    let exit = protos::shim::oci::CheckpointOptions {
+        exit: true,
+        image_path: image.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    c.checkpoint("cr", &exit).await.unwrap();
+    c.wait("cr", "").await.unwrap();
+    let before = last_count(&io.stdout_text());
+    assert!(
+        before > 3,
+        "the counter ran before the checkpoint: {before}"
+    );
+    c.delete_task("cr").await.unwrap();
+
+    // Restore through Create (CriuImagePath, as containerd's WithRestoreImagePath sets it).
+    let opts = Options {
+        criu_image_path: image.to_string_lossy().into_owned(),
+        ..c.options()
+    };
+    let mut io = c.io("cr-restored", false);
+    c.create_task_with("cr", Some(&io), false, Some(options_any(&opts)))
+        .await
+        .unwrap();
+    let pid = c.start("cr", "").await.unwrap();
+    assert!(pid > 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(c.status("cr", "").await.unwrap(), "RUNNING");
+    c.kill("cr", "", libc::SIGKILL as u32, true).await.unwrap();
+    c.wait("cr", "").await.unwrap();
+    let out = io.stdout_text();
+    let first: u64 = out
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("the restored process printed");
+    assert!(
+        first > before,
+        "the restored counter continues ({first}) from where it stopped ({before})"
+    );
+    c.delete_task("cr").await.unwrap();
+});
+
+shim_tests!(failed_checkpoint_keeps_the_criu_log, |ctx| {
+    if !criu_available() || !runtime_checkpoints(ctx.binary) {
+        return;
+    }
+    let c = &ctx.client;
+    let _io = c.run("nodump", &spec::spec(&["sleep", "1000"])).await;
+    // An image directory with room for runc's descriptors.json but not for CRIU's images,
+    // mounted in containerd's (and so CRIU's) mount namespace: the dump itself fails.
+    let images = tempfile::tempdir().unwrap();
+    let dir = images.path().to_string_lossy().into_owned();
+    let in_containerd_ns = |args: &[&str]| {
+        let pid = ctx.containerd.pid().to_string();
+        let status = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m", "--"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "nsenter {args:?}");
+    };
+    in_containerd_ns(&["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", &dir]);
+    let opts = protos::shim::oci::CheckpointOptions {
+        image_path: dir.clone(),
+        ..Default::default()
+    };
+    let err = c.checkpoint("nodump", &opts).await;
+    in_containerd_ns(&["umount", &dir]);
+    let err = err.expect_err("dump should fail");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(err.message().contains("CRIU log:"), "{}", err.message());
+    let log = ctx.containerd.bundle("nodump").join("criu-dump.log");
+    let text = std::fs::read_to_string(&log).expect("CRIU's log kept in the bundle");
+    assert!(text.contains("Error"), "the log says what failed:\n{text}");
+    // The container was not harmed.
+    assert_eq!(c.status("nodump", "").await.unwrap(), "RUNNING");
+    c.remove("nodump").await;
+});
