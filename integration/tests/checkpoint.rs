@@ -40,8 +40,8 @@ fn runtime_checkpoints(binary: integration::Binary) -> bool {
 /// The counter the container prints once a tick, as the last complete line of `text`.
 fn last_count(text: &str) -> u64 {
     text.lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
 
