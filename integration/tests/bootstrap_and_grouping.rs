@@ -195,3 +195,53 @@ shim_tests!(shim_cgroup_option_places_the_shim, |ctx| {
         "no shim left running"
     );
 });
+
+shim_tests!(info_reports_runtime_and_features, |ctx| {
+    use protobuf::Message;
+    use std::io::Write;
+    // The runtime options go in on stdin, as containerd 2 sends them.
+    let opts = integration::client::options_any(&ctx.client.options());
+    let any = protobuf::well_known_types::any::Any {
+        type_url: opts.type_url.clone(),
+        value: opts.value.clone(),
+        ..Default::default()
+    };
+    let bin = shim_bin_dir().join("containerd-shim-runc-rs-v2");
+    let mut child = std::process::Command::new(&bin)
+        .arg("-info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&any.write_to_bytes().unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let info = protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
+    assert_eq!(info.name, "io.containerd.runc.rs-v2");
+    assert_eq!(info.options.type_url, "containerd.runc.v1.Options");
+    if ctx.binary == integration::Binary::Runc {
+        let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
+        assert!(features["ociVersionMin"].is_string(), "{features}");
+    }
+    // containerd 2 asks the shim itself when a client inspects the runtime.
+    if ctx.containerd.major_version() >= 2 {
+        let out = ctx.containerd.ctr(&[
+            "plugins",
+            "inspect-runtime",
+            "--runtime",
+            ctx.shim.runtime_type(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("io.containerd.runc.rs-v2"), "{text}");
+    }
+});

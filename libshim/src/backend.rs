@@ -125,8 +125,8 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::NotImplemented("restore"))
     }
 
-    /// The container's cgroup, for stats and OOM watching, if the backend knows it.
-    fn cgroup_path(&self, _info: &ContainerInfo) -> Option<PathBuf> {
+    /// The runtime's OCI features document (JSON), for containerd 2's `-info` request.
+    async fn features(&self, _options: &RuntimeOptions) -> Option<Vec<u8>> {
         None
     }
 

@@ -157,6 +157,14 @@ impl Backend for RuncBackend {
         cli::read_pid(&info.bundle.join("init.pid"))
     }
 
+    async fn features(&self, options: &RuntimeOptions) -> Option<Vec<u8>> {
+        // `features` prints JSON on stdout; no per-container log file here.
+        let rt = Runtime::new(options, "default", None);
+        rt.run("features", vec![os("features")], None, None)
+            .await
+            .ok()
+    }
+
     async fn cleanup(
         &self,
         id: &str,

@@ -33,8 +33,16 @@ use crate::{mount, reaper, sys};
 /// The environment variable naming the fd of the listening socket `start` hands down.
 const LISTEN_FD_ENV: &str = "LIBSHIM_LISTEN_FD";
 
+/// What a shim binary is called, and the runtime type containerd knows it by.
+#[derive(Debug, Clone, Copy)]
+pub struct ShimName {
+    pub binary: &'static str,
+    pub runtime_type: &'static str,
+}
+
 /// Runs the shim: parses the command line and does what it asks. Never returns.
-pub fn run<B: Backend, F: FnOnce() -> B>(binary_name: &str, make_backend: F) -> ! {
+pub fn run<B: Backend, F: FnOnce() -> B>(name: ShimName, make_backend: F) -> ! {
+    let binary_name = name.binary;
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => fail(binary_name, &e),
@@ -44,6 +52,12 @@ pub fn run<B: Backend, F: FnOnce() -> B>(binary_name: &str, make_backend: F) -> 
         println!("  Version:  {}", env!("CARGO_PKG_VERSION"));
         println!("  Backend:  {}", make_backend().name());
         std::process::exit(0);
+    }
+    if args.info {
+        match info(name, make_backend()) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => fail(binary_name, &e.to_string()),
+        }
     }
     let result = match args.action.as_deref() {
         Some("start") => start(&args),
@@ -61,6 +75,47 @@ fn fail(binary_name: &str, msg: &str) -> ! {
     log::error!("{msg}");
     eprintln!("{binary_name}: {msg}");
     std::process::exit(1)
+}
+
+/// `-info` (containerd 2): the runtime options from stdin in, a `RuntimeInfo` out.
+fn info<B: Backend>(name: ShimName, backend: B) -> Result<()> {
+    use protobuf::well_known_types::any::Any;
+    use protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+    const FEATURES_TYPE: &str =
+        "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
+
+    let mut input = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut input);
+    let options = RuntimeOptions::from_any_bytes(&input)?;
+    let features = runtime()?.block_on(async {
+        let _exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
+        Ok::<_, Error>(backend.features(&options).await)
+    })?;
+    let info = RuntimeInfo {
+        name: name.runtime_type.to_string(),
+        version: MessageField::some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }),
+        options: Any::parse_from_bytes(&input)
+            .ok()
+            .filter(|a| !a.type_url.is_empty())
+            .into(),
+        features: features
+            .map(|value| Any {
+                type_url: FEATURES_TYPE.to_string(),
+                value,
+                ..Default::default()
+            })
+            .into(),
+        ..Default::default()
+    };
+    let bytes = info
+        .write_to_bytes()
+        .map_err(|e| Error::io("encode runtime info", std::io::Error::other(e)))?;
+    std::io::stdout()
+        .write_all(&bytes)
+        .map_err(|e| Error::io("print runtime info", e))
 }
 
 fn require(args: &Args) -> Result<()> {
