@@ -245,3 +245,72 @@ shim_tests!(info_reports_runtime_and_features, |ctx| {
         assert!(text.contains("io.containerd.runc.rs-v2"), "{text}");
     }
 });
+
+/// containerd 2.3's start protocol, driven by hand: BootstrapParams in, BootstrapResult out,
+/// and the shim it started answers on the address it gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_protocol_of_containerd_2_3() {
+    use protobuf::Message;
+    use protos::bootstrap_api::{BootstrapParams, BootstrapResult};
+    use std::io::Write;
+    if !integration::is_root() {
+        return;
+    }
+    let containerd = integration::Containerd::start().await;
+    let bundle = tempfile::tempdir().unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let params = BootstrapParams {
+        instance_id: "boot23".into(),
+        namespace: containerd.namespace.clone(),
+        containerd_grpc_address: format!("unix://{}", containerd.socket().display()),
+        containerd_ttrpc_address: format!("unix://{}.ttrpc", containerd.socket().display()),
+        socket_dir: Some(sockets.path().to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let mut child = std::process::Command::new(shim_bin_dir().join("containerd-shim-runc-rs-v2"))
+        .arg("start")
+        .current_dir(bundle.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&params.write_to_bytes().unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result =
+        BootstrapResult::parse_from_bytes(&out.stdout).expect("a protobuf BootstrapResult");
+    assert_eq!((result.version, result.protocol.as_str()), (3, "ttrpc"));
+    let socket = std::path::PathBuf::from(result.address.trim_start_matches("unix://"));
+    assert_eq!(socket.parent(), Some(sockets.path()), "socket_dir honoured");
+
+    let client = protos::shim_sync::TaskClient::new(
+        protos::shim_sync::Client::connect(&result.address).expect("the shim answers"),
+    );
+    let ctx = || protos::ttrpc::context::with_timeout(5_000_000_000);
+    let connect = client
+        .connect(
+            ctx(),
+            &protos::api::ConnectRequest {
+                id: "boot23".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let shim_pid = connect.shim_pid;
+    assert!(shim_pid > 0);
+    let _ = client.shutdown(ctx(), &protos::api::ShutdownRequest::default());
+    assert!(
+        gone(shim_pid).await,
+        "the shim exits on Shutdown with no containers"
+    );
+    assert!(!socket.exists(), "and removes its socket");
+}

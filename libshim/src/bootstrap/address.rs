@@ -14,12 +14,18 @@ pub const GROUP_ANNOTATIONS: [&str; 2] = [
     "io.kubernetes.cri.sandbox-id",
 ];
 
-/// `unix:///run/containerd/s/<sha256(join(address, namespace, group))>`.
-pub fn socket_path(containerd_address: &str, namespace: &str, group: &str) -> PathBuf {
+/// `<dir>/<sha256(join(address, namespace, group))>`, `dir` being /run/containerd/s unless
+/// containerd 2.3 names another `socket_dir`.
+pub fn socket_path(
+    containerd_address: &str,
+    namespace: &str,
+    group: &str,
+    dir: Option<&str>,
+) -> PathBuf {
     let joined = clean_join(&[containerd_address, namespace, group]);
     let digest = Sha256::digest(joined.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SOCKET_ROOT).join(hex)
+    Path::new(dir.unwrap_or(SOCKET_ROOT)).join(hex)
 }
 
 pub fn to_uri(path: &Path) -> String {
@@ -70,11 +76,18 @@ mod tests {
     #[test]
     fn matches_go_shim_derivation() {
         // sha256("/run/containerd/containerd.sock/default/c1"), as containerd's Go shim hashes it.
-        let p = socket_path("/run/containerd/containerd.sock", "default", "c1");
+        let p = socket_path("/run/containerd/containerd.sock", "default", "c1", None);
         let expected = Sha256::digest(b"/run/containerd/containerd.sock/default/c1");
         let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(p, Path::new("/run/containerd/s").join(hex));
         assert!(to_uri(&p).starts_with("unix:///run/containerd/s/"));
+        let elsewhere = socket_path(
+            "/run/containerd/containerd.sock",
+            "default",
+            "c1",
+            Some("/s"),
+        );
+        assert_eq!(elsewhere.parent(), Some(Path::new("/s")));
     }
 
     #[test]

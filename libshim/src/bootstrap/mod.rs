@@ -3,6 +3,7 @@
 mod address;
 mod args;
 mod logger;
+mod protocol;
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -136,25 +137,34 @@ fn bundle_dir(args: &Args) -> Result<PathBuf> {
 
 /// `start`: print the address of a shim serving this container's group, spawning one if needed.
 fn start(args: &Args) -> Result<()> {
-    require(args)?;
-    // containerd writes the runtime options to stdin; drain it so it never blocks on us.
-    let mut options = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut options);
+    // containerd writes to stdin (options, or 2.3's BootstrapParams); read all of it so it
+    // never blocks on us.
+    let mut input = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut input);
+    let request = protocol::parse(args, &input);
+    if request.namespace.is_empty() || request.id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no namespace and id: pass -namespace and -id, or BootstrapParams on stdin".into(),
+        ));
+    }
     let bundle = bundle_dir(args)?;
-    let group = group_of(&bundle, &args.id);
-    let path = socket_path(&args.address, &args.namespace, &group);
+    let group = group_of(&bundle, &request.id);
+    let path = socket_path(
+        &request.grpc_address,
+        &request.namespace,
+        &group,
+        request.socket_dir.as_deref(),
+    );
     let uri = address::to_uri(&path);
 
     match bind_socket(&path)? {
         None => log::debug!("reusing shim at {uri} for group {group}"),
         Some(listener) => {
-            let pid = spawn_server(args, &bundle, listener, &path)?;
-            // The task (or runtime) options arrive on stdin; ShimCgroup places the shim.
-            let shim_cgroup = RuntimeOptions::from_any_bytes(&options)
-                .map(|o| o.shim_cgroup)
-                .unwrap_or_default();
+            let pid = spawn_server(&request, &bundle, listener, &path)?;
+            // ShimCgroup (from the task or runtime options) places the shim.
+            let shim_cgroup = &request.options.shim_cgroup;
             if !shim_cgroup.is_empty() {
-                if let Err(e) = crate::metrics::join(&shim_cgroup, pid) {
+                if let Err(e) = crate::metrics::join(shim_cgroup, pid) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
                         nix::sys::signal::Signal::SIGKILL,
@@ -167,7 +177,7 @@ fn start(args: &Args) -> Result<()> {
     }
     write_file(&bundle.join("address"), &uri)?;
     let mut out = std::io::stdout();
-    out.write_all(uri.as_bytes())
+    out.write_all(&protocol::response(&request, &uri))
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("print the shim address", e))
 }
@@ -200,7 +210,12 @@ fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
     )))
 }
 
-fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path) -> Result<u32> {
+fn spawn_server(
+    request: &protocol::StartRequest,
+    bundle: &Path,
+    listener: UnixListener,
+    path: &Path,
+) -> Result<u32> {
     let cleanup = |e: Error| {
         let _ = std::fs::remove_file(path);
         e
@@ -209,8 +224,20 @@ fn spawn_server(args: &Args, bundle: &Path, listener: UnixListener, path: &Path)
     fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty()))
         .map_err(|e| cleanup(Error::io("pass the shim socket on", e.into())))?;
     let exe = std::env::current_exe().map_err(|e| cleanup(Error::io("find own binary", e)))?;
-    let child = Command::new(exe)
-        .args(args.serve_args())
+    let serve = Args {
+        namespace: request.namespace.clone(),
+        id: request.id.clone(),
+        address: request.grpc_address.clone(),
+        debug: request.debug,
+        ..Default::default()
+    };
+    let mut cmd = Command::new(exe);
+    if let Some(ttrpc) = &request.ttrpc_address {
+        // containerd 2.3 names its ttrpc address in BootstrapParams, not in the environment.
+        cmd.env("TTRPC_ADDRESS", ttrpc.trim_start_matches("unix://"));
+    }
+    let child = cmd
+        .args(serve.serve_args())
         .current_dir(bundle)
         .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
         .stdin(Stdio::null())
