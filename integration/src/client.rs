@@ -431,7 +431,7 @@ impl Client {
         &self,
         id: &str,
         options: &protos::shim::oci::CheckpointOptions,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<containerd_client::types::Descriptor>, Status> {
         let req = CheckpointTaskRequest {
             container_id: id.to_string(),
             parent_checkpoint: String::new(),
@@ -440,11 +440,36 @@ impl Client {
                 value: options.write_to_bytes().expect("encode checkpoint options"),
             }),
         };
-        self.raw
+        let resp = self
+            .raw
             .tasks()
             .checkpoint(with_namespace!(req, self.namespace))
-            .await
-            .map(drop)
+            .await?;
+        Ok(resp.into_inner().descriptors)
+    }
+
+    /// Create a task from a checkpoint containerd holds as content (it unpacks it for the shim).
+    pub async fn create_task_from(
+        &self,
+        id: &str,
+        io: &TaskIo,
+        checkpoint: containerd_client::types::Descriptor,
+    ) -> Result<u32, Status> {
+        let req = CreateTaskRequest {
+            container_id: id.to_string(),
+            stdin: io.paths[0].clone(),
+            stdout: io.paths[1].clone(),
+            stderr: io.paths[2].clone(),
+            checkpoint: Some(checkpoint),
+            options: Some(options_any(&self.options())),
+            ..Default::default()
+        };
+        let resp = self
+            .raw
+            .tasks()
+            .create(with_namespace!(req, self.namespace))
+            .await?;
+        Ok(resp.into_inner().pid)
     }
 
     /// Update with OCI `LinuxResources` JSON.

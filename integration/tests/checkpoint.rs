@@ -108,6 +108,48 @@ shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
     c.delete_task("cr").await.unwrap();
 });
 
+shim_tests!(
+    checkpoint_into_containerds_image_and_restore_from_it,
+    |ctx| {
+        if !criu_available() || !runtime_checkpoints(ctx.binary) {
+            return;
+        }
+        let c = &ctx.client;
+        let mut io = c.run("img", &spec::sh(COUNTER)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // No image path: the shim writes to containerd's directory, containerd stores it as content.
+        let exit = protos::shim::oci::CheckpointOptions {
+            exit: true,
+            ..Default::default()
+        };
+        let descriptors = c.checkpoint("img", &exit).await.unwrap();
+        let criu = descriptors
+            .into_iter()
+            .find(|d| d.media_type.contains("criu"))
+            .expect("a CRIU checkpoint among the descriptors");
+        c.wait("img", "").await.unwrap();
+        let before = last_count(&io.stdout_text());
+        c.delete_task("img").await.unwrap();
+
+        let mut io = c.io("img-restored", false);
+        c.create_task_from("img", &io, criu).await.unwrap();
+        c.start("img", "").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.kill("img", "", libc::SIGKILL as u32, true).await.unwrap();
+        c.wait("img", "").await.unwrap();
+        let first: u64 = io
+            .stdout_text()
+            .lines()
+            .find_map(|l| l.trim().parse().ok())
+            .expect("the restored process printed");
+        assert!(
+            first > before,
+            "restored counter {first} continues after {before}"
+        );
+        c.delete_task("img").await.unwrap();
+    }
+);
+
 shim_tests!(failed_checkpoint_keeps_the_criu_log, |ctx| {
     if !criu_available() || !runtime_checkpoints(ctx.binary) {
         return;
