@@ -88,6 +88,13 @@ fn unknown_exec(id: &str, exec_id: &str) -> Error {
 
 type ContainerRef = Arc<AsyncMutex<Container>>;
 
+/// A process the runtime just started, with the exit it may already have had.
+struct Launched {
+    stdio: Stdio,
+    pid: u32,
+    early: Option<Exit>,
+}
+
 struct Inner<B> {
     backend: B,
     namespace: String,
@@ -372,38 +379,20 @@ impl<B: Backend> TaskService<B> {
             self.publish_create(req, 0);
             return Ok((container, 0));
         }
-        let created = async {
-            let owner = StdioOwner {
-                container_id: &info.id,
-                namespace: &info.namespace,
-            };
-            let (mut stdio, io) = Stdio::prepare(
-                stdio_request,
-                owner,
-                info.options.io_uid,
-                info.options.io_gid,
-            )
-            .await?;
-            let guard = self.inner.exits.begin_start();
-            let pid = self.inner.backend.create(&info, io).await?;
-            let early = self.inner.exits.register(
-                pid,
-                Owner {
-                    container_id: req.id.clone(),
-                    exec_id: String::new(),
-                },
-            );
-            drop(guard);
-            if let Err(e) = stdio.attach_console().await {
-                let _ = self.inner.backend.delete(&info, true).await;
-                return Err(e);
-            }
-            Ok::<_, Error>((stdio, pid, early))
-        }
-        .await;
-        let (stdio, pid, early) = match created {
+        let created = self
+            .launch(&info, "", stdio_request, |io| async {
+                self.inner
+                    .backend
+                    .create(&info, io)
+                    .await
+                    .map_err(Error::from)
+            })
+            .await;
+        let Launched { stdio, pid, early } = match created {
             Ok(v) => v,
             Err(e) => {
+                // Whatever the runtime got to create goes, and so does the rootfs mount.
+                let _ = self.inner.backend.delete(&info, true).await;
                 let _ = mount::unmount_rootfs(&rootfs);
                 return Err(e);
             }
@@ -428,6 +417,52 @@ impl<B: Backend> TaskService<B> {
             self.apply_exit(&mut container, "", exit);
         }
         Ok((container, pid))
+    }
+
+    /// Starts a process the shim will own: prepares its stdio, asks the backend for it (`spawn`)
+    /// with early exits buffered, registers its pid and takes its terminal. A process whose
+    /// terminal cannot be served is killed rather than left behind.
+    async fn launch<F, Fut>(
+        &self,
+        info: &ContainerInfo,
+        exec_id: &str,
+        stdio_request: StdioRequest,
+        spawn: F,
+    ) -> Result<Launched>
+    where
+        F: FnOnce(crate::backend::ProcessIo) -> Fut,
+        Fut: std::future::Future<Output = Result<u32>>,
+    {
+        let owner = StdioOwner {
+            container_id: &info.id,
+            namespace: &info.namespace,
+        };
+        let (mut stdio, io) = Stdio::prepare(
+            stdio_request,
+            owner,
+            info.options.io_uid,
+            info.options.io_gid,
+        )
+        .await?;
+        let guard = self.inner.exits.begin_start();
+        let pid = spawn(io).await?;
+        let early = self.inner.exits.register(
+            pid,
+            Owner {
+                container_id: info.id.clone(),
+                exec_id: exec_id.to_string(),
+            },
+        );
+        drop(guard);
+        if let Err(e) = stdio.attach_console().await {
+            self.inner.exits.forget(pid);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+        Ok(Launched { stdio, pid, early })
     }
 
     fn publish_create(&self, req: &CreateTaskRequest, pid: u32) {
@@ -456,45 +491,18 @@ impl<B: Backend> TaskService<B> {
     /// Start of a container created from a checkpoint: the runtime restores it now.
     async fn restore_init(&self, c: &mut Container, request: CheckpointRequest) -> Result<()> {
         let info = c.info.clone();
-        let owner = StdioOwner {
-            container_id: &info.id,
-            namespace: &info.namespace,
-        };
-        let (mut stdio, io) = Stdio::prepare(
-            c.init.stdio_request.clone(),
-            owner,
-            info.options.io_uid,
-            info.options.io_gid,
-        )
-        .await?;
         std::fs::create_dir_all(&request.work_path).map_err(|e| {
             Error::io(
                 format!("create CRIU work dir {}", request.work_path.display()),
                 e,
             )
         })?;
-        let guard = self.inner.exits.begin_start();
-        let restored = self.inner.backend.restore(&info, io, &request).await;
-        let pid = match restored {
-            Ok(pid) => pid,
-            Err(e) => {
-                return Err(with_criu_log(
-                    e.into(),
-                    &request.work_path,
-                    &info,
-                    "restore",
-                ))
-            }
-        };
-        let early = self.inner.exits.register(
-            pid,
-            Owner {
-                container_id: info.id.clone(),
-                exec_id: String::new(),
-            },
-        );
-        drop(guard);
-        stdio.attach_console().await?;
+        let Launched { stdio, pid, early } = self
+            .launch(&info, "", c.init.stdio_request.clone(), |io| async {
+                let restored = self.inner.backend.restore(&info, io, &request).await;
+                restored.map_err(|e| with_criu_log(e.into(), &request.work_path, &info, "restore"))
+            })
+            .await?;
         c.init.pid = pid;
         c.init.stdio = Some(stdio);
         c.cgroup = Cgroup::for_pid(pid).ok();
@@ -567,35 +575,13 @@ impl<B: Backend> TaskService<B> {
                 info.id
             )));
         }
-        let owner = StdioOwner {
-            container_id: &info.id,
-            namespace: &info.namespace,
-        };
-        let (mut stdio, io) = Stdio::prepare(
-            p.stdio_request.clone(),
-            owner,
-            info.options.io_uid,
-            info.options.io_gid,
-        )
-        .await?;
-        let guard = self.inner.exits.begin_start();
-        let pid = self.inner.backend.exec(&info, exec_id, &p.spec, io).await?;
-        let early = self.inner.exits.register(
-            pid,
-            Owner {
-                container_id: info.id.clone(),
-                exec_id: exec_id.to_string(),
-            },
-        );
-        drop(guard);
-        if let Err(e) = stdio.attach_console().await {
-            // The exec runs without a terminal we can serve: stop it rather than leak it.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return Err(e);
-        }
+        let spec = p.spec.clone();
+        let Launched { stdio, pid, early } = self
+            .launch(&info, exec_id, p.stdio_request.clone(), |io| async {
+                let pid = self.inner.backend.exec(&info, exec_id, &spec, io).await;
+                pid.map_err(Error::from)
+            })
+            .await?;
         p.pid = pid;
         p.stdio = Some(stdio);
         p.apply(Event::Start)?;
