@@ -118,38 +118,28 @@ pub fn checkpoint_request(any: Option<&Any>) -> Result<crate::backend::Checkpoin
         return Ok(CheckpointRequest::default());
     };
     let bad = |e: protobuf::Error| Error::InvalidArgument(format!("decode {}: {e}", any.type_url));
+    // The current and the legacy message carry the same fields under the same names.
+    macro_rules! request_from {
+        ($message:ty) => {{
+            let o = <$message>::parse_from_bytes(&any.value).map_err(bad)?;
+            CheckpointRequest {
+                image_path: o.image_path.into(),
+                work_path: o.work_path.into(),
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                parent: None,
+            }
+        }};
+    }
     let req = match strip_prefix(&any.type_url) {
-        type_urls::RUNC_CHECKPOINT_OPTIONS => {
-            let o =
-                protos::shim::oci::CheckpointOptions::parse_from_bytes(&any.value).map_err(bad)?;
-            CheckpointRequest {
-                image_path: o.image_path.into(),
-                work_path: o.work_path.into(),
-                exit: o.exit,
-                open_tcp: o.open_tcp,
-                external_unix_sockets: o.external_unix_sockets,
-                terminal: o.terminal,
-                file_locks: o.file_locks,
-                empty_namespaces: o.empty_namespaces,
-                cgroups_mode: o.cgroups_mode,
-                parent: None,
-            }
-        }
+        type_urls::RUNC_CHECKPOINT_OPTIONS => request_from!(protos::shim::oci::CheckpointOptions),
         type_urls::LEGACY_CHECKPOINT_OPTIONS => {
-            let o =
-                protos::runctypes::CheckpointOptions::parse_from_bytes(&any.value).map_err(bad)?;
-            CheckpointRequest {
-                image_path: o.image_path.into(),
-                work_path: o.work_path.into(),
-                exit: o.exit,
-                open_tcp: o.open_tcp,
-                external_unix_sockets: o.external_unix_sockets,
-                terminal: o.terminal,
-                file_locks: o.file_locks,
-                empty_namespaces: o.empty_namespaces,
-                cgroups_mode: o.cgroups_mode,
-                parent: None,
-            }
+            request_from!(protos::runctypes::CheckpointOptions)
         }
         other => {
             return Err(Error::InvalidArgument(format!(
