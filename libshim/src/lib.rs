@@ -4,7 +4,7 @@
 //! - [`bootstrap`]: the `start`/`delete` actions and the serving process's set-up.
 //! - [`service`]: the ttrpc task service, generic over a [`Backend`].
 //! - [`process`]: per-process bookkeeping and the state machine.
-//! - [`stdio`], [`events`], [`reaper`], [`mount`]: the mechanisms the service uses.
+//! - [`stdio`], [`events`], [`reaper`], [`mount`], [`metrics`]: the mechanisms the service uses.
 //! - [`backend`]: the one trait a low-level runtime implements.
 pub mod backend;
 pub mod error;
