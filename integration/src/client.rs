@@ -165,20 +165,11 @@ impl Client {
         terminal: bool,
         options: Option<Any>,
     ) -> Result<u32, Status> {
-        let paths = io.map(|i| i.paths.clone()).unwrap_or_default();
-        let req = CreateTaskRequest {
-            container_id: id.to_string(),
-            stdin: paths[0].clone(),
-            stdout: paths[1].clone(),
-            stderr: if terminal {
-                String::new()
-            } else {
-                paths[2].clone()
-            },
-            terminal,
-            options,
-            ..Default::default()
-        };
+        self.send_create(task_request(id, io, terminal, options))
+            .await
+    }
+
+    async fn send_create(&self, req: CreateTaskRequest) -> Result<u32, Status> {
         let resp = self
             .raw
             .tasks()
@@ -455,21 +446,9 @@ impl Client {
         io: &TaskIo,
         checkpoint: containerd_client::types::Descriptor,
     ) -> Result<u32, Status> {
-        let req = CreateTaskRequest {
-            container_id: id.to_string(),
-            stdin: io.paths[0].clone(),
-            stdout: io.paths[1].clone(),
-            stderr: io.paths[2].clone(),
-            checkpoint: Some(checkpoint),
-            options: Some(options_any(&self.options())),
-            ..Default::default()
-        };
-        let resp = self
-            .raw
-            .tasks()
-            .create(with_namespace!(req, self.namespace))
-            .await?;
-        Ok(resp.into_inner().pid)
+        let mut req = task_request(id, Some(io), false, Some(options_any(&self.options())));
+        req.checkpoint = Some(checkpoint);
+        self.send_create(req).await
     }
 
     /// Update with OCI `LinuxResources` JSON.
@@ -495,6 +474,29 @@ impl Client {
         let _ = self.wait(id, "").await;
         let _ = self.delete_task(id).await;
         let _ = self.delete_container(id).await;
+    }
+}
+
+fn task_request(
+    id: &str,
+    io: Option<&TaskIo>,
+    terminal: bool,
+    options: Option<Any>,
+) -> CreateTaskRequest {
+    let paths = io.map(|i| i.paths.clone()).unwrap_or_default();
+    CreateTaskRequest {
+        container_id: id.to_string(),
+        stdin: paths[0].clone(),
+        stdout: paths[1].clone(),
+        // A terminal merges stderr into stdout.
+        stderr: if terminal {
+            String::new()
+        } else {
+            paths[2].clone()
+        },
+        terminal,
+        options,
+        ..Default::default()
     }
 }
 

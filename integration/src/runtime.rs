@@ -58,6 +58,31 @@ pub struct Ctx {
     pub client: Client,
 }
 
+impl Ctx {
+    /// `ctr run --rm` of `cmd` in the busybox rootfs through the shim under test, with `extra`
+    /// flags; panics with ctr's stderr if it fails. Returns stdout.
+    pub fn ctr_run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> String {
+        let rootfs = crate::rootfs::busybox().to_string_lossy().into_owned();
+        let mut args = vec!["run", "--rm", "--env", "PATH=/bin"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "--runtime",
+            self.shim.runtime_type(),
+            "--rootfs",
+            &rootfs,
+            id,
+        ]);
+        args.extend_from_slice(cmd);
+        let out = self.containerd.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 pub async fn run<F, Fut>(shim: Shim, binary: Binary, body: F)
 where
     F: FnOnce(Ctx) -> Fut,

@@ -28,6 +28,22 @@ fn unknown_flag_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("-bogus"));
 }
 
+/// Runs our shim binary with `args`, `input` on stdin; returns its output.
+fn run_shim(args: &[&str], input: &[u8], cwd: Option<&std::path::Path>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(shim_bin_dir().join("containerd-shim-runc-rs-v2"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().expect("run the shim binary");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 async fn gone(pid: u32) -> bool {
     for _ in 0..100 {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -198,7 +214,6 @@ shim_tests!(shim_cgroup_option_places_the_shim, |ctx| {
 
 shim_tests!(info_reports_runtime_and_features, |ctx| {
     use protobuf::Message;
-    use std::io::Write;
     // The runtime options go in on stdin, as containerd 2 sends them.
     let opts = integration::client::options_any(&ctx.client.options());
     let any = protobuf::well_known_types::any::Any {
@@ -206,20 +221,7 @@ shim_tests!(info_reports_runtime_and_features, |ctx| {
         value: opts.value.clone(),
         ..Default::default()
     };
-    let bin = shim_bin_dir().join("containerd-shim-runc-rs-v2");
-    let mut child = std::process::Command::new(&bin)
-        .arg("-info")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&any.write_to_bytes().unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_shim(&["-info"], &any.write_to_bytes().unwrap(), None);
     assert!(out.status.success());
     let info = protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
     assert_eq!(info.name, "io.containerd.runc.rs-v2");
@@ -252,7 +254,6 @@ shim_tests!(info_reports_runtime_and_features, |ctx| {
 async fn bootstrap_protocol_of_containerd_2_3() {
     use protobuf::Message;
     use protos::bootstrap_api::{BootstrapParams, BootstrapResult};
-    use std::io::Write;
     if !integration::is_root() {
         return;
     }
@@ -267,20 +268,11 @@ async fn bootstrap_protocol_of_containerd_2_3() {
         socket_dir: Some(sockets.path().to_string_lossy().into_owned()),
         ..Default::default()
     };
-    let mut child = std::process::Command::new(shim_bin_dir().join("containerd-shim-runc-rs-v2"))
-        .arg("start")
-        .current_dir(bundle.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&params.write_to_bytes().unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_shim(
+        &["start"],
+        &params.write_to_bytes().unwrap(),
+        Some(bundle.path()),
+    );
     assert!(
         out.status.success(),
         "{}",

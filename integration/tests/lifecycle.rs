@@ -33,29 +33,8 @@ shim_tests!(exit_status_output_and_event_order, |ctx| {
 });
 
 shim_tests!(ctr_run_prints_output, |ctx| {
-    let rootfs = integration::rootfs::busybox()
-        .to_string_lossy()
-        .into_owned();
-    let out = ctx.containerd.ctr(&[
-        "run",
-        "--rm",
-        "--env",
-        "PATH=/bin",
-        "--runtime",
-        ctx.shim.runtime_type(),
-        "--rootfs",
-        &rootfs,
-        "ctr1",
-        "sh",
-        "-c",
-        "echo hello from ctr",
-    ]);
-    assert!(
-        out.status.success(),
-        "ctr run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from ctr\n");
+    let out = ctx.ctr_run("ctr1", &[], &["sh", "-c", "echo hello from ctr"]);
+    assert_eq!(out, "hello from ctr\n");
 });
 
 shim_tests!(large_output_is_not_truncated, |ctx| {
@@ -158,9 +137,6 @@ shim_tests!(shim_log_reaches_containerd, |ctx| {
 });
 
 shim_tests!(log_uris_binary_and_file, |ctx| {
-    let rootfs = integration::rootfs::busybox()
-        .to_string_lossy()
-        .into_owned();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
     // A logging binary as containerd documents them: output on fds 3 and 4, ready on fd 5.
@@ -174,26 +150,10 @@ shim_tests!(log_uris_binary_and_file, |ctx| {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
     let uri = format!("binary://{}?dir={d}", logger.display());
-    let out = ctx.containerd.ctr(&[
-        "run",
-        "--rm",
-        "--log-uri",
-        &uri,
-        "--env",
-        "PATH=/bin",
-        "--runtime",
-        ctx.shim.runtime_type(),
-        "--rootfs",
-        &rootfs,
+    ctx.ctr_run(
         "logged",
-        "sh",
-        "-c",
-        "echo to-out; echo to-err >&2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--log-uri", &uri],
+        &["sh", "-c", "echo to-out; echo to-err >&2"],
     );
     let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
     assert_eq!(read("stdout"), "to-out\n");
@@ -206,26 +166,6 @@ shim_tests!(log_uris_binary_and_file, |ctx| {
     // file:// appends both streams to one file.
     let file = dir.path().join("c.log");
     let uri = format!("file://{}", file.display());
-    let out = ctx.containerd.ctr(&[
-        "run",
-        "--rm",
-        "--log-uri",
-        &uri,
-        "--env",
-        "PATH=/bin",
-        "--runtime",
-        ctx.shim.runtime_type(),
-        "--rootfs",
-        &rootfs,
-        "filed",
-        "sh",
-        "-c",
-        "echo one",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ctx.ctr_run("filed", &["--log-uri", &uri], &["sh", "-c", "echo one"]);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "one\n");
 });
