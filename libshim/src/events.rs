@@ -6,13 +6,15 @@ use std::time::{Duration, SystemTime};
 
 use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::timestamp::Timestamp;
-use protobuf::{MessageField, MessageFull};
+use protobuf::{Message, MessageField};
 use protos::shim::event::Envelope;
 use protos::shim::events::ForwardRequest;
 use protos::shim_async::{Client, EventsClient};
 use tokio::sync::{mpsc, oneshot};
 
 const SEND_ATTEMPTS: u32 = 6;
+/// The proto package of containerd's task events.
+const EVENTS_PACKAGE: &str = "containerd.events";
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -36,17 +38,22 @@ impl Publisher {
         Self { namespace, queue }
     }
 
-    pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
-        let event = match Any::pack(event) {
-            Ok(mut any) => {
-                // containerd's typeurl registry names types by their full proto name alone.
-                any.type_url = M::descriptor().full_name().to_string();
-                any
-            }
+    /// Queues a task event (a message of package `containerd.events`).
+    pub fn publish<M: Message>(&self, topic: &str, event: &M) {
+        let value = match event.write_to_bytes() {
+            Ok(v) => v,
             Err(e) => {
                 log::error!("encode {topic} event: {e}");
                 return;
             }
+        };
+        // containerd's typeurl registry names types by their full proto name alone. Built from
+        // the message name rather than its descriptor: loading descriptors costs heap in
+        // every shim.
+        let event = Any {
+            type_url: format!("{EVENTS_PACKAGE}.{}", M::NAME),
+            value,
+            ..Default::default()
         };
         let envelope = Envelope {
             timestamp: MessageField::some(timestamp(SystemTime::now())),

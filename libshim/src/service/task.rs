@@ -153,7 +153,7 @@ impl<B: Backend> TaskService<B> {
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
     }
 
-    fn publish<M: protobuf::MessageFull>(&self, topic: &str, event: &M) {
+    fn publish<M: protobuf::Message>(&self, topic: &str, event: &M) {
         self.inner.publisher.publish(topic, event);
     }
 
