@@ -1,5 +1,16 @@
 //! A container's cgroup: where it is, its statistics in containerd's metrics types, and its
 //! OOM-kill counter. Works on cgroup v1 (and hybrid hosts) and on pure cgroup v2.
+/// Copies entries of "key value" lines into u64 fields: `field` from the key of the same name,
+/// `field = "key"` where the kernel's name differs. Written out rather than by reflection, which
+/// would make rust-protobuf build descriptors (heap) in every shim that serves Stats.
+macro_rules! copy_fields {
+    ($msg:expr, $kv:expr; $($field:ident $(= $key:literal)?),* $(,)?) => {
+        $( $msg.$field = $kv[copy_fields!(@key $field $(, $key)?)]; )*
+    };
+    (@key $field:ident) => { stringify!($field) };
+    (@key $field:ident, $key:literal) => { $key };
+}
+
 mod oom;
 mod v1;
 mod v2;
@@ -8,7 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use protobuf::well_known_types::any::Any;
-use protobuf::MessageDyn;
+use protobuf::Message;
 
 pub use oom::OomWatcher;
 
@@ -77,15 +88,13 @@ impl Cgroup {
 
     /// The statistics as the Any containerd's clients decode (`ctr task metrics`).
     pub fn stats(&self) -> Result<Any> {
-        let (type_url, msg): (&str, Box<dyn MessageDyn>) = match self {
-            Cgroup::V1(dirs) => (V1_METRICS_TYPE, Box::new(v1::metrics(dirs)?)),
-            Cgroup::V2(dir) => (V2_METRICS_TYPE, Box::new(v2::metrics(dir)?)),
+        let (type_url, encoded) = match self {
+            Cgroup::V1(dirs) => (V1_METRICS_TYPE, v1::metrics(dirs)?.write_to_bytes()),
+            Cgroup::V2(dir) => (V2_METRICS_TYPE, v2::metrics(dir)?.write_to_bytes()),
         };
         Ok(Any {
             type_url: type_url.to_string(),
-            value: msg
-                .write_to_bytes_dyn()
-                .map_err(|e| Error::io("encode metrics", std::io::Error::other(e)))?,
+            value: encoded.map_err(|e| Error::io("encode metrics", std::io::Error::other(e)))?,
             ..Default::default()
         })
     }
@@ -177,21 +186,6 @@ fn key_values(text: &str) -> KeyValues {
             })
             .collect(),
     )
-}
-
-/// Sets every u64 field of `msg` whose name `rename(key)` gives, from "key value" lines.
-fn fill_u64_fields(msg: &mut dyn MessageDyn, text: &str, rename: impl Fn(&str) -> String) {
-    let descriptor = msg.descriptor_dyn();
-    for (key, value) in key_values(text).0 {
-        if let Some(field) = descriptor.field_by_name(&rename(&key)) {
-            if matches!(
-                field.runtime_field_type(),
-                protobuf::reflect::RuntimeFieldType::Singular(protobuf::reflect::RuntimeType::U64)
-            ) {
-                field.set_singular_field(msg, protobuf::reflect::ReflectValueBox::U64(value));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use protos::cgroups::metrics::{
     BlkIOEntry, BlkIOStat, CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat, Throttle,
 };
 
-use super::{fill_u64_fields, key_values, read, read_u64};
+use super::{key_values, read, read_u64};
 use crate::error::{Error, Result};
 
 /// Nanoseconds per USER_HZ tick, the unit of cpuacct.stat.
@@ -78,17 +78,20 @@ fn entry(dir: &Path, prefix: &str) -> MessageField<MemoryEntry> {
     })
 }
 
-/// memory.stat's keys to MemoryStat's field names (`pgpgin` is `pg_pg_in`, and so on).
-fn memory_field(key: &str) -> String {
-    key.replace("pgpgin", "pg_pg_in")
-        .replace("pgpgout", "pg_pg_out")
-        .replace("pgmajfault", "pg_maj_fault")
-        .replace("pgfault", "pg_fault")
-}
-
 fn memory_stat(dir: &Path) -> MemoryStat {
     let mut m = MemoryStat::new();
-    fill_u64_fields(&mut m, &read(&dir.join("memory.stat")), memory_field);
+    let kv = key_values(&read(&dir.join("memory.stat")));
+    copy_fields!(m, kv;
+        cache, rss, rss_huge, mapped_file, dirty, writeback,
+        pg_pg_in = "pgpgin", pg_pg_out = "pgpgout", pg_fault = "pgfault",
+        pg_maj_fault = "pgmajfault", inactive_anon, active_anon, inactive_file, active_file,
+        unevictable, hierarchical_memory_limit, hierarchical_swap_limit,
+        total_cache, total_rss, total_rss_huge, total_mapped_file, total_dirty, total_writeback,
+        total_pg_pg_in = "total_pgpgin", total_pg_pg_out = "total_pgpgout",
+        total_pg_fault = "total_pgfault", total_pg_maj_fault = "total_pgmajfault",
+        total_inactive_anon, total_active_anon, total_inactive_file, total_active_file,
+        total_unevictable,
+    );
     m.usage = entry(dir, "memory.");
     m.swap = entry(dir, "memory.memsw.");
     m.kernel = entry(dir, "memory.kmem.");

@@ -6,7 +6,7 @@ use protos::cgroups_v2::metrics::{
     CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
 
-use super::{fill_u64_fields, read, read_u64};
+use super::{key_values, read, read_u64};
 use crate::error::{Error, Result};
 
 pub fn metrics(dir: &Path) -> Result<Metrics> {
@@ -20,11 +20,22 @@ pub fn metrics(dir: &Path) -> Result<Metrics> {
         ..Default::default()
     });
     let mut cpu = CPUStat::new();
-    fill_u64_fields(&mut cpu, &read(&dir.join("cpu.stat")), str::to_string);
+    let kv = key_values(&read(&dir.join("cpu.stat")));
+    copy_fields!(cpu, kv;
+        usage_usec, user_usec, system_usec, nr_periods, nr_throttled, throttled_usec,
+        nr_bursts, burst_usec,
+    );
     m.cpu = MessageField::some(cpu);
 
     let mut mem = MemoryStat::new();
-    fill_u64_fields(&mut mem, &read(&dir.join("memory.stat")), str::to_string);
+    let kv = key_values(&read(&dir.join("memory.stat")));
+    copy_fields!(mem, kv;
+        anon, file, kernel_stack, slab, sock, shmem, file_mapped, file_dirty, file_writeback,
+        anon_thp, inactive_anon, active_anon, inactive_file, active_file, unevictable,
+        slab_reclaimable, slab_unreclaimable, pgfault, pgmajfault, workingset_refault,
+        workingset_activate, workingset_nodereclaim, pgrefill, pgscan, pgsteal, pgactivate,
+        pgdeactivate, pglazyfree, pglazyfreed, thp_fault_alloc, thp_collapse_alloc,
+    );
     mem.usage = read_u64(&dir.join("memory.current"));
     mem.usage_limit = read_u64(&dir.join("memory.max"));
     mem.max_usage = read_u64(&dir.join("memory.peak"));
@@ -33,11 +44,8 @@ pub fn metrics(dir: &Path) -> Result<Metrics> {
     m.memory = MessageField::some(mem);
 
     let mut events = MemoryEvents::new();
-    fill_u64_fields(
-        &mut events,
-        &read(&dir.join("memory.events")),
-        str::to_string,
-    );
+    let kv = key_values(&read(&dir.join("memory.events")));
+    copy_fields!(events, kv; low, high, max, oom, oom_kill, oom_group_kill);
     m.memory_events = MessageField::some(events);
 
     m.io = MessageField::some(IOStat {
