@@ -77,6 +77,17 @@ impl RuntimeOptions {
                     ..Self::default()
                 })
             }
+            type_urls::LEGACY_RUNC_OPTIONS => {
+                let o =
+                    protos::runctypes::RuncOptions::parse_from_bytes(&any.value).map_err(bad)?;
+                Ok(Self {
+                    binary_name: o.runtime,
+                    root: o.runtime_root,
+                    criu_path: o.criu_path,
+                    systemd_cgroup: o.systemd_cgroup,
+                    ..Self::default()
+                })
+            }
             other => Err(Error::InvalidArgument(format!(
                 "unsupported runtime options type {other:?}: expected {} or {}",
                 type_urls::RUNC_OPTIONS,
@@ -193,6 +204,21 @@ mod tests {
         let got = RuntimeOptions::from_any(Some(&any)).unwrap();
         assert!(got.no_new_keyring);
         assert_eq!(got.io_gid, 9);
+    }
+
+    #[test]
+    fn decodes_legacy_runc_options() {
+        let o = protos::runctypes::RuncOptions {
+            runtime: "crun".into(),
+            criu_path: "/opt/criu".into(),
+            ..Default::default()
+        };
+        let any = any_of("containerd.linux.runc.RuncOptions", &o);
+        let got = RuntimeOptions::from_any(Some(&any)).unwrap();
+        assert_eq!(
+            (got.binary_name.as_str(), got.criu_path.as_str()),
+            ("crun", "/opt/criu")
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Runtime {
     pub systemd_cgroup: bool,
     /// runc's `--log`: errors arrive here as JSON lines.
     pub log: Option<PathBuf>,
+    /// The criu binary for checkpoint and restore, if not the one on PATH (legacy CriuPath).
+    pub criu: Option<String>,
 }
 
 impl Runtime {
@@ -41,6 +43,7 @@ impl Runtime {
             root: Path::new(root).join(namespace),
             systemd_cgroup: options.systemd_cgroup,
             log: bundle.map(|b| b.join("log.json")),
+            criu: Some(options.criu_path.clone()).filter(|p| !p.is_empty()),
         }
     }
 
@@ -57,6 +60,9 @@ impl Runtime {
         }
         if self.systemd_cgroup {
             args.push("--systemd-cgroup".into());
+        }
+        if let Some(criu) = &self.criu {
+            args.extend(["--criu".into(), criu.into()]);
         }
         args
     }
@@ -330,6 +336,12 @@ mod tests {
                 "--systemd-cgroup"
             ]
         );
+        let with_criu = RuntimeOptions {
+            criu_path: "/opt/criu".into(),
+            ..Default::default()
+        };
+        let args = Runtime::new(&with_criu, "default", None).global_args();
+        assert!(args.ends_with(&[os("--criu"), os("/opt/criu")]), "{args:?}");
         let default = Runtime::new(&RuntimeOptions::default(), "default", None);
         assert_eq!(default.binary, "runc");
         assert_eq!(default.root, Path::new("/run/containerd/runc/default"));
