@@ -81,11 +81,7 @@ impl Backend for RuncBackend {
 
     async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
         let rt = Runtime::for_container(info);
-        let mut args = vec![os("kill")];
-        if all {
-            args.push(os("--all"));
-        }
-        args.extend([os(&info.id), os(signal.to_string())]);
+        let args = cli::kill_args(&info.id, signal, all);
         rt.run("kill", args, None, None).await.map(drop)
     }
 
@@ -179,12 +175,10 @@ impl Backend for RuncBackend {
 
 /// `delete [--force]`; a container the runtime no longer knows counts as deleted.
 async fn delete(rt: &Runtime, id: &str, force: bool) -> Result<(), BackendError> {
-    let mut args = vec![os("delete")];
-    if force {
-        args.push(os("--force"));
-    }
-    args.push(os(id));
-    match rt.run("delete", args, None, None).await {
+    match rt
+        .run("delete", cli::delete_args(id, force), None, None)
+        .await
+    {
         Ok(_) | Err(BackendError::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }

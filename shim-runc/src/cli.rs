@@ -109,15 +109,9 @@ impl Runtime {
             // Only this call's errors should reach the caller.
             let _ = std::fs::remove_file(log);
         }
-        let out = reaper::run(&mut cmd).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                BackendError::MissingBinary {
-                    binary: self.binary.clone(),
-                    source: e,
-                }
-            }
-            _ => BackendError::io(format!("run {} {action}", self.binary), e),
-        })?;
+        let out = reaper::run(&mut cmd)
+            .await
+            .map_err(|e| self.spawn_error(action, cwd, e))?;
         // `cmd` holds the child's ends of the stdio pipes until it is dropped; the copies see
         // EOF only once every holder has closed them.
         drop(cmd);
@@ -140,7 +134,7 @@ impl Runtime {
         if let Some(rest) = message.strip_prefix(&prefix) {
             message = rest.to_string();
         }
-        if is_not_found(&message) {
+        if self.is_not_found(&message) {
             return Err(BackendError::NotFound(message));
         }
         Err(BackendError::Runtime {
@@ -148,6 +142,37 @@ impl Runtime {
             action,
             message,
         })
+    }
+}
+
+impl Runtime {
+    /// A failed spawn: ENOENT or EACCES means the binary cannot be run, unless it was the
+    /// working directory (the bundle) that is missing, which spawn reports the same way.
+    fn spawn_error(&self, action: &str, cwd: Option<&Path>, e: std::io::Error) -> BackendError {
+        if let Some(dir) = cwd.filter(|d| !d.is_dir()) {
+            return BackendError::io(
+                format!("{} {action}: bundle {}", self.binary, dir.display()),
+                e,
+            );
+        }
+        match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                BackendError::MissingBinary {
+                    binary: self.binary.clone(),
+                    source: e,
+                }
+            }
+            _ => BackendError::io(format!("run {} {action}", self.binary), e),
+        }
+    }
+
+    /// Whether the runtime said the container does not exist. runc says so in words; crun
+    /// only reports ENOENT on the container's state directory under the root.
+    pub fn is_not_found(&self, message: &str) -> bool {
+        message.contains("container does not exist")
+            || message.contains("container not found")
+            || (message.contains("No such file or directory")
+                && message.contains(&*self.root.to_string_lossy()))
     }
 }
 
@@ -161,11 +186,6 @@ pub fn last_errors(log: &Path) -> Option<String> {
         .filter_map(|v| v["msg"].as_str().map(str::to_string))
         .collect();
     (!msgs.is_empty()).then(|| msgs.join(": "))
-}
-
-/// Whether the runtime said the container does not exist.
-pub fn is_not_found(message: &str) -> bool {
-    message.contains("does not exist") || message.contains("container not found")
 }
 
 pub fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -194,6 +214,26 @@ pub fn create_args(
     }
     if options.no_new_keyring {
         args.push(os("--no-new-keyring"));
+    }
+    args.push(os(id));
+    args
+}
+
+/// `kill [--all] <id> <signal>` arguments.
+pub fn kill_args(id: &str, signal: u32, all: bool) -> Vec<OsString> {
+    let mut args = vec![os("kill")];
+    if all {
+        args.push(os("--all"));
+    }
+    args.extend([os(id), os(signal.to_string())]);
+    args
+}
+
+/// `delete [--force] <id>` arguments.
+pub fn delete_args(id: &str, force: bool) -> Vec<OsString> {
+    let mut args = vec![os("delete")];
+    if force {
+        args.push(os("--force"));
     }
     args.push(os(id));
     args
@@ -432,9 +472,64 @@ mod tests {
         assert!(args.contains(&os("--image-path")) && args.ends_with(&[os("c")]));
     }
 
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
     fn not_found_wording() {
-        assert!(is_not_found("container \"x\" does not exist"));
-        assert!(!is_not_found("permission denied"));
+        let opts = RuntimeOptions {
+            root: "/run/crun".into(),
+            ..Default::default()
+        };
+        let rt = Runtime::new(&opts, "default", None);
+        assert!(rt.is_not_found("container does not exist"));
+        assert!(rt.is_not_found(
+            "error opening file `/run/crun/default/c1/status`: No such file or directory"
+        ));
+        assert!(rt.is_not_found(
+            "cannot open directory '/run/crun/default/c1': No such file or directory"
+        ));
+        // ENOENT about anything else (a missing binary in the container) is a real failure.
+        assert!(!rt.is_not_found("executable file `nope` not found: No such file or directory"));
+        assert!(!rt.is_not_found("permission denied"));
+    }
+
+    #[test]
+    fn exec_kill_delete_args() {
+        let args = exec_args("c", Path::new("/b/p.json"), Path::new("/b/p.pid"), None);
+        assert_eq!(
+            strings(&args),
+            [
+                "exec",
+                "--detach",
+                "--pid-file",
+                "/b/p.pid",
+                "--process",
+                "/b/p.json",
+                "c"
+            ]
+        );
+        let args = exec_args("c", Path::new("/p"), Path::new("/q"), Some(Path::new("/s")));
+        assert!(args.ends_with(&[os("--console-socket"), os("/s"), os("c")]));
+        assert_eq!(
+            strings(&kill_args("c", 9, true)),
+            ["kill", "--all", "c", "9"]
+        );
+        assert_eq!(strings(&kill_args("c", 15, false)), ["kill", "c", "15"]);
+        assert_eq!(strings(&delete_args("c", true)), ["delete", "--force", "c"]);
+        assert_eq!(strings(&delete_args("c", false)), ["delete", "c"]);
+    }
+
+    #[test]
+    fn missing_bundle_is_not_a_missing_binary() {
+        let rt = Runtime::new(&RuntimeOptions::default(), "default", None);
+        let gone = Path::new("/nonexistent/bundle");
+        let err = rt.spawn_error("create", Some(gone), std::io::ErrorKind::NotFound.into());
+        assert!(matches!(err, BackendError::Io { .. }), "{err}");
+        let err = rt.spawn_error("create", None, std::io::ErrorKind::NotFound.into());
+        assert!(matches!(err, BackendError::MissingBinary { .. }), "{err}");
     }
 }
