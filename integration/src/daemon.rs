@@ -13,6 +13,8 @@ const CTR: &str = "/usr/bin/ctr";
 const HYBRID_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
 /// Where runc and crun keep state unless the Root option says otherwise.
 pub const DEFAULT_RUNTIME_ROOT: &str = "/run/containerd/runc";
+/// Where the sandbox shim keeps container state by default.
+pub const SANDBOX_ROOT: &str = "/run/containerd/sandbox";
 /// The runtime type that reaches our runc shim through [`LEGACY_ALIAS_BINARY`].
 pub const LEGACY_ALIAS_RUNTIME: &str = "io.containerd.runcrslegacy.v2";
 const LEGACY_ALIAS_BINARY: &str = "containerd-shim-runcrslegacy-v2";
@@ -224,6 +226,9 @@ impl Containerd {
             Path::new(DEFAULT_RUNTIME_ROOT).join(&self.namespace),
             self.dir.path().join("runtime-root").join(&self.namespace),
         ];
+        // The sandbox shim's state (libcontainer's), removed by its own delete; only the
+        // namespace directory is left to go.
+        let _ = std::fs::remove_dir_all(Path::new(SANDBOX_ROOT).join(&self.namespace));
         for root in roots {
             let Ok(entries) = std::fs::read_dir(&root) else {
                 continue;

@@ -10,6 +10,8 @@ pub enum Shim {
     RuncRs,
     /// containerd's Go shim, for comparison.
     GoRunc,
+    /// Ours: `containerd-shim-sandbox-v2` (libcontainer in-process).
+    Sandbox,
 }
 
 impl Shim {
@@ -17,6 +19,15 @@ impl Shim {
         match self {
             Shim::RuncRs => "io.containerd.runc.rs-v2",
             Shim::GoRunc => "io.containerd.runc.v2",
+            Shim::Sandbox => "io.containerd.sandbox.v2",
+        }
+    }
+
+    /// Where the shim's runtime keeps container state unless the Root option says otherwise.
+    pub fn default_state_root(self) -> &'static str {
+        match self {
+            Shim::RuncRs | Shim::GoRunc => crate::daemon::DEFAULT_RUNTIME_ROOT,
+            Shim::Sandbox => crate::daemon::SANDBOX_ROOT,
         }
     }
 
@@ -24,6 +35,7 @@ impl Shim {
         match self {
             Shim::RuncRs => "containerd-shim-runc-rs-v2",
             Shim::GoRunc => "containerd-shim-runc-v2",
+            Shim::Sandbox => "containerd-shim-sandbox-v2",
         }
     }
 }
@@ -92,7 +104,7 @@ where
         return;
     }
     let bin = shim_bin_dir().join(shim.binary_name());
-    if shim == Shim::RuncRs {
+    if shim != Shim::GoRunc {
         assert!(
             bin.exists(),
             "shim binary not found at {} (run `cargo build --workspace --bins`)",

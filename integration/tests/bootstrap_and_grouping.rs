@@ -29,9 +29,14 @@ fn unknown_flag_is_refused() {
 }
 
 /// Runs our shim binary with `args`, `input` on stdin; returns its output.
-fn run_shim(args: &[&str], input: &[u8], cwd: Option<&std::path::Path>) -> std::process::Output {
+fn run_shim(
+    shim: integration::Shim,
+    args: &[&str],
+    input: &[u8],
+    cwd: Option<&std::path::Path>,
+) -> std::process::Output {
     use std::io::Write;
-    let mut cmd = std::process::Command::new(shim_bin_dir().join("containerd-shim-runc-rs-v2"));
+    let mut cmd = std::process::Command::new(shim_bin_dir().join(shim.binary_name()));
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -221,11 +226,12 @@ shim_tests!(info_reports_runtime_and_features, |ctx| {
         value: opts.value.clone(),
         ..Default::default()
     };
-    let out = run_shim(&["-info"], &any.write_to_bytes().unwrap(), None);
+    let out = run_shim(ctx.shim, &["-info"], &any.write_to_bytes().unwrap(), None);
     assert!(out.status.success());
     let info = protos::types::introspection::RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
-    assert_eq!(info.name, "io.containerd.runc.rs-v2");
+    assert_eq!(info.name, ctx.shim.runtime_type());
     assert_eq!(info.options.type_url, "containerd.runc.v1.Options");
+    // crun 1.8 has no `features` command; runc and libcontainer (in-process) describe themselves.
     if ctx.binary == integration::Binary::Runc {
         let features: serde_json::Value = serde_json::from_slice(&info.features.value).unwrap();
         assert!(features["ociVersionMin"].is_string(), "{features}");
@@ -244,7 +250,7 @@ shim_tests!(info_reports_runtime_and_features, |ctx| {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(text.contains("io.containerd.runc.rs-v2"), "{text}");
+        assert!(text.contains(ctx.shim.runtime_type()), "{text}");
     }
 });
 
@@ -269,6 +275,7 @@ async fn bootstrap_protocol_of_containerd_2_3() {
         ..Default::default()
     };
     let out = run_shim(
+        integration::Shim::RuncRs,
         &["start"],
         &params.write_to_bytes().unwrap(),
         Some(bundle.path()),

@@ -122,6 +122,31 @@ shim_tests!(no_fd_leaks_into_containers, |ctx| {
     c.remove("fds").await;
 });
 
+shim_tests!(seccomp_and_signal_state_reach_the_process, |ctx| {
+    let c = &ctx.client;
+    // A profile that refuses mkdir: it must be enforced, never skipped.
+    let mut s =
+        spec::sh("grep -E '^SigIgn' /proc/self/status | cut -f2; mkdir /tmp/denied; echo mkdir=$?");
+    s["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
+    });
+    let mut io = c.run("sc", &s).await;
+    assert_eq!(c.wait("sc", "").await.unwrap(), 0);
+    let out = io.stdout_text();
+    let (ignored, rest) = out.split_once('\n').unwrap();
+    assert_eq!(rest, "mkdir=1\n");
+    // The shim ignores SIGPIPE; the container's process must not inherit that.
+    let ignored = u64::from_str_radix(ignored, 16).unwrap();
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SigIgn {ignored:x}"
+    );
+    c.delete_task("sc").await.unwrap();
+});
+
 shim_tests!(shim_log_reaches_containerd, |ctx| {
     let c = &ctx.client;
     let io = c.run("logged", &spec::spec(&["true"])).await;

@@ -114,6 +114,12 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::NotImplemented("checkpoint"))
     }
 
+    /// Whether [`Backend::restore`] is served; when not, a Create from a checkpoint is refused
+    /// up front instead of failing at Start.
+    fn can_restore(&self) -> bool {
+        true
+    }
+
     /// Creates and starts the container from a checkpoint instead of from its config.
     /// Returns the restored init's pid.
     async fn restore(

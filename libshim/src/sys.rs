@@ -87,3 +87,25 @@ pub fn pass_fds(cmd: &mut std::process::Command, fds: [RawFd; 3]) {
         });
     }
 }
+
+/// Gives every signal its default disposition and an empty mask, as a freshly exec'd
+/// container process expects. Rust's runtime ignores SIGPIPE and `SIG_IGN` survives exec, so
+/// a process started without `std::process::Command` (which resets it) would otherwise
+/// inherit it: `yes | head` then never ends. Call only in a child about to exec.
+pub fn reset_signals_for_exec() -> io::Result<()> {
+    for signal in 1..libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no handler code; the caller is a single-threaded
+        // child that is about to exec. EINVAL for the signals glibc reserves is expected.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+    let empty = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&empty),
+        None,
+    )
+    .map_err(io::Error::from)
+}

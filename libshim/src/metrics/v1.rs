@@ -85,7 +85,8 @@ fn memory_stat(dir: &Path) -> MemoryStat {
         cache, rss, rss_huge, mapped_file, dirty, writeback,
         pg_pg_in = "pgpgin", pg_pg_out = "pgpgout", pg_fault = "pgfault",
         pg_maj_fault = "pgmajfault", inactive_anon, active_anon, inactive_file, active_file,
-        unevictable, hierarchical_memory_limit, hierarchical_swap_limit,
+        unevictable, hierarchical_memory_limit,
+        hierarchical_swap_limit = "hierarchical_memsw_limit",
         total_cache, total_rss, total_rss_huge, total_mapped_file, total_dirty, total_writeback,
         total_pg_pg_in = "total_pgpgin", total_pg_pg_out = "total_pgpgout",
         total_pg_fault = "total_pgfault", total_pg_maj_fault = "total_pgmajfault",
@@ -144,7 +145,7 @@ mod tests {
                 d
             })
             .into();
-        write(&mem, "memory.stat", "cache 4096\nrss 8192\npgfault 12\npgmajfault 1\ntotal_rss 8192\nhierarchical_memory_limit 9223372036854771712\n");
+        write(&mem, "memory.stat", "cache 4096\nrss 8192\npgfault 12\npgmajfault 1\ntotal_rss 8192\nhierarchical_memory_limit 9223372036854771712\nhierarchical_memsw_limit 77\n");
         write(&mem, "memory.usage_in_bytes", "12288\n");
         write(&mem, "memory.limit_in_bytes", "67108864\n");
         write(&mem, "memory.max_usage_in_bytes", "16384\n");
@@ -185,6 +186,10 @@ mod tests {
             (4096, 8192, 12, 1)
         );
         assert_eq!(memory.total_rss, 8192);
+        assert_eq!(
+            memory.hierarchical_swap_limit, 77,
+            "read from the kernel's memsw key"
+        );
         assert_eq!(memory.usage.usage, 12288);
         assert_eq!(memory.usage.limit, 67108864);
         assert!(memory.swap.is_none(), "no memsw files, no swap entry");

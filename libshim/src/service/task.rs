@@ -52,6 +52,17 @@ struct Container {
     oom_kills_reported: u64,
     /// Set when the container is to be restored from a checkpoint at Start.
     restore: Option<CheckpointRequest>,
+    /// Ends the OOM watcher with the container: a removed v2 cgroup need not wake inotify.
+    oom_watch: Option<AbortOnDrop>,
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Container {
@@ -224,17 +235,17 @@ impl<B: Backend> TaskService<B> {
     }
 
     /// Reports OOM kills as they happen, until the cgroup goes away.
-    fn watch_oom(&self, id: &str, cgroup: &Cgroup) {
+    fn watch_oom(&self, id: &str, cgroup: &Cgroup) -> Option<AbortOnDrop> {
         let mut watcher = match cgroup.watch_oom() {
             Ok(w) => w,
             Err(e) => {
                 log::warn!("container {id}: no OOM events: {e}");
-                return;
+                return None;
             }
         };
         let this = self.clone();
         let id = id.to_string();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while watcher.next().await.is_some() {
                 let Ok(c) = this.container(&id) else {
                     return;
@@ -242,6 +253,7 @@ impl<B: Backend> TaskService<B> {
                 this.report_oom(&mut *c.lock().await);
             }
         });
+        Some(AbortOnDrop(task.abort_handle()))
     }
 
     fn finish_exit(&self, p: &mut Process, exit: Exit) {
@@ -304,16 +316,15 @@ impl<B: Backend> TaskService<B> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.id);
-        let (container, pid) = result?;
-        let cgroup = container.cgroup.clone();
+        let (mut container, pid) = result?;
+        if let Some(cgroup) = container.cgroup.clone() {
+            container.oom_watch = self.watch_oom(&req.id, &cgroup);
+        }
         self.inner
             .containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(req.id.clone(), Arc::new(AsyncMutex::new(container)));
-        if let Some(cgroup) = cgroup {
-            self.watch_oom(&req.id, &cgroup);
-        }
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
@@ -335,6 +346,13 @@ impl<B: Backend> TaskService<B> {
             bundle: bundle.clone(),
             options,
         };
+        if restores_from(req, &info).is_some() && !self.inner.backend.can_restore() {
+            // Refused before anything is mounted: nothing to undo.
+            return Err(crate::BackendError::NotImplemented(
+                "restore from a checkpoint (this backend can checkpoint, not restore)",
+            )
+            .into());
+        }
         info.options.save(&bundle)?;
         let rootfs = info.rootfs();
         if !req.rootfs.is_empty() {
@@ -351,14 +369,7 @@ impl<B: Backend> TaskService<B> {
         let mut init = Process::new(&req.id, "", stdio_request.clone());
         // A checkpoint to restore from (containerd's checkpoint, or the CriuImagePath option
         // its clients set for a restore): the runtime restores at Start instead of creating.
-        let restore_from = [
-            req.checkpoint.as_str(),
-            info.options.criu_image_path.as_str(),
-        ]
-        .into_iter()
-        .find(|p| !p.is_empty())
-        .map(PathBuf::from);
-        if let Some(image_path) = restore_from {
+        if let Some(image_path) = restores_from(req, &info) {
             let restore = CheckpointRequest {
                 image_path,
                 work_path: criu_work_path(&info),
@@ -375,6 +386,7 @@ impl<B: Backend> TaskService<B> {
                 cgroup: None,
                 oom_kills_reported: 0,
                 restore: Some(restore),
+                oom_watch: None,
             };
             self.publish_create(req, 0);
             return Ok((container, 0));
@@ -411,6 +423,7 @@ impl<B: Backend> TaskService<B> {
             cgroup,
             oom_kills_reported,
             restore: None,
+            oom_watch: None,
         };
         self.publish_create(req, pid);
         if let Some(exit) = early {
@@ -508,7 +521,7 @@ impl<B: Backend> TaskService<B> {
         c.cgroup = Cgroup::for_pid(pid).ok();
         c.oom_kills_reported = c.cgroup.as_ref().map_or(0, Cgroup::oom_kills);
         if let Some(cgroup) = c.cgroup.clone() {
-            self.watch_oom(&info.id, &cgroup);
+            c.oom_watch = self.watch_oom(&info.id, &cgroup);
         }
         c.init.apply(Event::Start)?;
         self.publish(
@@ -930,6 +943,13 @@ impl<B: Backend> TaskService<B> {
         if let Err(e) = self.inner.backend.checkpoint(&c.info, &request).await {
             return Err(with_criu_log(e.into(), &request.work_path, &c.info, "dump"));
         }
+        // containerd honours ImagePath itself only for `io.containerd.runc.*` runtime types
+        // (it then passes that same path here); for others it archives its own directory
+        // into the content store, so the image must be there too.
+        let containerds = PathBuf::from(&req.path);
+        if !req.path.is_empty() && containerds != request.image_path {
+            link_tree(&request.image_path, &containerds)?;
+        }
         Ok(())
     }
 
@@ -973,6 +993,33 @@ fn criu_work_path(info: &ContainerInfo) -> PathBuf {
     } else {
         PathBuf::from(&info.options.criu_work_path)
     }
+}
+
+/// Hard-links (copies across filesystems) the files of `from` into `to`, recursively.
+fn link_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let io = |what: &str, p: &std::path::Path, e| Error::io(format!("{what} {}", p.display()), e);
+    std::fs::create_dir_all(to).map_err(|e| io("create", to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io("read", from, e))? {
+        let entry = entry.map_err(|e| io("read", from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            link_tree(&src, &dst)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|e| io("copy", &src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint a Create restores from: containerd's checkpoint, or the CriuImagePath option.
+fn restores_from(req: &CreateTaskRequest, info: &ContainerInfo) -> Option<PathBuf> {
+    [
+        req.checkpoint.as_str(),
+        info.options.criu_image_path.as_str(),
+    ]
+    .into_iter()
+    .find(|p| !p.is_empty())
+    .map(PathBuf::from)
 }
 
 /// Keeps CRIU's log of a failed dump or restore where the user can read it (the bundle's

@@ -1,0 +1,165 @@
+//! How libcontainer is called: the builder with our stdio, the state root, loading a
+//! container, and the guard every call runs under.
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libshim::backend::ProcessIo;
+use libshim::{BackendError, ContainerInfo, RuntimeOptions};
+
+use crate::executor::DefaultSignalsExecutor;
+
+/// The name in errors and `-v`.
+pub const RUNTIME: &str = "libcontainer";
+/// Where container state lives unless the Root option says otherwise.
+const DEFAULT_ROOT: &str = "/run/containerd/sandbox";
+
+/// `<root>/<namespace>`: libcontainer keeps one directory per container below it.
+pub fn state_root(options: &RuntimeOptions, namespace: &str) -> PathBuf {
+    let root = if options.root.is_empty() {
+        DEFAULT_ROOT
+    } else {
+        &options.root
+    };
+    Path::new(root).join(namespace)
+}
+
+/// Turns a libcontainer (or libcgroups) error into the backend's, with its whole chain of
+/// causes: the top-level message alone rarely names what went wrong.
+pub fn failed<E: std::error::Error>(action: &'static str) -> impl Fn(E) -> BackendError {
+    move |e| BackendError::Runtime {
+        runtime: RUNTIME.to_string(),
+        action,
+        message: error_chain(&e),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !msg.contains(&next) {
+            msg.push_str(": ");
+            msg.push_str(&next);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Runs one libcontainer call. The shim must be single-threaded when libcontainer clones
+/// (see the crate docs); the working directory is put back whatever the call did with it.
+pub fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    // (Unit tests run on the test harness's threads; the shim never does.)
+    #[cfg(not(test))]
+    debug_assert_eq!(
+        thread_count(),
+        Some(1),
+        "libcontainer called from a threaded shim"
+    );
+    let cwd = std::env::current_dir().ok();
+    let out = f();
+    if let Some(dir) = cwd {
+        let _ = std::env::set_current_dir(dir);
+    }
+    out
+}
+
+/// Threads of this process, from /proc (None if it cannot be read).
+#[cfg_attr(test, allow(dead_code))]
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+fn dev_null() -> Result<OwnedFd, BackendError> {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| BackendError::io("open /dev/null", e))
+}
+
+/// A builder for `info`'s container with the process's stdio set up.
+pub fn builder(info: &ContainerInfo, io: ProcessIo) -> Result<ContainerBuilder, BackendError> {
+    let root = state_root(&info.options, &info.namespace);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| BackendError::io(format!("create {}", root.display()), e))?;
+    let b = ContainerBuilder::new(info.id.clone(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(failed("create"))?
+        .with_executor(DefaultSignalsExecutor);
+    Ok(match io {
+        ProcessIo::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => b
+            .with_stdin(stdin.map_or_else(dev_null, Ok)?)
+            .with_stdout(stdout.map_or_else(dev_null, Ok)?)
+            .with_stderr(stderr.map_or_else(dev_null, Ok)?),
+        ProcessIo::Terminal { console_socket } => b.with_console_socket(Some(console_socket)),
+    })
+}
+
+pub fn load(info: &ContainerInfo) -> Result<Container, BackendError> {
+    load_from(&state_root(&info.options, &info.namespace), &info.id)
+}
+
+pub fn load_from(root: &Path, id: &str) -> Result<Container, BackendError> {
+    let dir = root.join(id);
+    if !dir.exists() {
+        return Err(BackendError::NotFound(id.to_string()));
+    }
+    Container::load(dir).map_err(failed("load"))
+}
+
+pub fn pid_of(pid: Option<i32>) -> Result<u32, BackendError> {
+    pid.map(|p| p as u32).ok_or_else(|| BackendError::Runtime {
+        runtime: RUNTIME.to_string(),
+        action: "create",
+        message: "no pid for the container's process".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_root_is_per_namespace_under_the_root_option() {
+        let mut options = RuntimeOptions::default();
+        assert_eq!(
+            state_root(&options, "k8s.io"),
+            Path::new("/run/containerd/sandbox/k8s.io")
+        );
+        options.root = "/var/run/mine".into();
+        assert_eq!(
+            state_root(&options, "default"),
+            Path::new("/var/run/mine/default")
+        );
+    }
+
+    #[test]
+    fn errors_carry_their_causes_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file: /x");
+        let e = failed::<std::io::Error>("create")(std::io::Error::other(inner));
+        let msg = e.to_string();
+        assert!(msg.contains("libcontainer create failed"), "{msg}");
+        assert_eq!(msg.matches("no such file: /x").count(), 1, "{msg}");
+    }
+
+    #[test]
+    fn guarded_puts_the_working_directory_back() {
+        let before = std::env::current_dir().unwrap();
+        let r: Result<(), ()> = guarded(|| {
+            std::env::set_current_dir("/").unwrap();
+            Err(())
+        });
+        assert!(r.is_err());
+        assert_eq!(std::env::current_dir().unwrap(), before);
+    }
+}

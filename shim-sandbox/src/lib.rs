@@ -1,0 +1,168 @@
+//! The sandbox backend: containers created, started, signalled and deleted in-process with
+//! youki's `libcontainer`; no runtime binary is executed.
+//!
+//! Fork safety (docs/ARCHITECTURE.md has the long form): the shim serves on one thread, a
+//! tokio current-thread runtime with no blocking pool, so when libcontainer clones there is
+//! no other thread that could hold the allocator's or the logger's lock in the child. Each
+//! libcontainer call is synchronous, so libshim's reaper (a task on that same thread) cannot
+//! run, and cannot reap libcontainer's intermediate process, until the call has waited for it.
+//! libcontainer may change the working directory (notify socket set-up): every call restores it.
+use std::path::Path;
+
+use async_trait::async_trait;
+use libcontainer::container::Container;
+use libcontainer::signal::Signal;
+use libshim::backend::ProcessIo;
+use libshim::{Backend, BackendError, CheckpointRequest, ContainerInfo, RuntimeOptions};
+
+mod call;
+mod checkpoint;
+mod executor;
+mod features;
+mod resources;
+
+use call::{failed, guarded, load, load_from, pid_of, state_root};
+
+#[derive(Debug, Default)]
+pub struct SandboxBackend;
+
+impl SandboxBackend {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// kill(2) of one pid; a process that is already gone is fine.
+fn kill_pid(pid: u32, signal: i32) -> nix::Result<()> {
+    let sig = nix::sys::signal::Signal::try_from(signal)?;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
+        Err(nix::errno::Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+fn delete(mut c: Container, force: bool) -> Result<(), BackendError> {
+    guarded(|| c.delete(force)).map_err(failed("delete"))
+}
+
+#[async_trait]
+impl Backend for SandboxBackend {
+    fn name(&self) -> &'static str {
+        call::RUNTIME
+    }
+
+    async fn create(&self, info: &ContainerInfo, io: ProcessIo) -> Result<u32, BackendError> {
+        let b = call::builder(info, io)?;
+        let c = guarded(|| {
+            b.as_init(&info.bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .with_no_pivot(info.options.no_pivot_root)
+                .build()
+        })
+        .map_err(failed("create"))?;
+        pid_of(c.pid().map(i32::from))
+    }
+
+    async fn start(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let mut c = load(info)?;
+        guarded(|| c.start()).map_err(failed("start"))
+    }
+
+    async fn exec(
+        &self,
+        info: &ContainerInfo,
+        exec_id: &str,
+        spec: &[u8],
+        io: ProcessIo,
+    ) -> Result<u32, BackendError> {
+        // libcontainer's tenant builder reads the process from a file, as `runc exec --process`.
+        let process = info.bundle.join(format!(".exec-{exec_id}.json"));
+        std::fs::write(&process, spec)
+            .map_err(|e| BackendError::io(format!("write {}", process.display()), e))?;
+        let b = call::builder(info, io)?;
+        let pid = guarded(|| {
+            b.as_tenant()
+                .with_detach(true)
+                .with_process(Some(&process))
+                .build()
+        });
+        let _ = std::fs::remove_file(&process);
+        Ok(pid.map_err(failed("exec"))?.as_raw() as u32)
+    }
+
+    async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
+        let sig = Signal::try_from(signal as i32)
+            .map_err(|_| BackendError::InvalidArgument(format!("invalid signal {signal}")))?;
+        let mut c = load(info)?;
+        if !all {
+            return guarded(|| c.kill(sig, false)).map_err(failed("kill"));
+        }
+        // Every process of the container's cgroup as the kernel lists it for the init,
+        // signalled directly: a kill-all must not depend on the container state file.
+        let init = pid_of(c.pid().map(i32::from))?;
+        for pid in resources::procs_of(init)? {
+            let _ = kill_pid(pid, signal as i32);
+        }
+        Ok(())
+    }
+
+    async fn pause(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let mut c = load(info)?;
+        guarded(|| c.pause()).map_err(failed("pause"))
+    }
+
+    async fn resume(&self, info: &ContainerInfo) -> Result<(), BackendError> {
+        let mut c = load(info)?;
+        guarded(|| c.resume()).map_err(failed("resume"))
+    }
+
+    async fn pids(&self, info: &ContainerInfo) -> Result<Vec<u32>, BackendError> {
+        let c = load(info)?;
+        resources::procs_of(pid_of(c.pid().map(i32::from))?)
+    }
+
+    async fn delete(&self, info: &ContainerInfo, force: bool) -> Result<(), BackendError> {
+        match load(info) {
+            Ok(c) => delete(c, force),
+            Err(BackendError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update(&self, info: &ContainerInfo, resources: &[u8]) -> Result<(), BackendError> {
+        resources::update(&load(info)?, &info.id, resources)
+    }
+
+    async fn checkpoint(
+        &self,
+        info: &ContainerInfo,
+        request: &CheckpointRequest,
+    ) -> Result<(), BackendError> {
+        checkpoint::dump(load(info)?, request)
+    }
+
+    /// libcontainer has no CRIU restore: Create from a checkpoint answers UNIMPLEMENTED (the
+    /// image is runc-compatible CRIU output; io.containerd.runc.rs-v2 can restore it).
+    fn can_restore(&self) -> bool {
+        false
+    }
+
+    async fn features(&self, _options: &RuntimeOptions) -> Option<Vec<u8>> {
+        Some(features::document())
+    }
+
+    async fn cleanup(
+        &self,
+        id: &str,
+        namespace: &str,
+        _bundle: &Path,
+        options: &RuntimeOptions,
+    ) -> Result<(), BackendError> {
+        match load_from(&state_root(options, namespace), id) {
+            Ok(c) => delete(c, true),
+            Err(BackendError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
