@@ -6,9 +6,10 @@ mod chart;
 mod memory;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, StreamExt};
+use integration::events::{Event, Recorder};
 use integration::{spec, Binary, Client, Containerd, Shim};
 use serde_json::{json, Value};
 
@@ -65,16 +66,22 @@ async fn lifecycle(c: &Client, id: &str) -> Duration {
 }
 
 async fn latency(clients: &[Client], runs: usize) -> Value {
+    let events = Recorder::start(&clients[0]).await;
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+    let mut started: Vec<Vec<(String, SystemTime)>> = vec![Vec::new(); clients.len()];
     // Interleaved A B A B, back to back, so drift on a shared machine hits both alike.
     for run in 0..runs {
         for (i, c) in clients.iter().enumerate() {
-            let d = lifecycle(c, &format!("lat-{i}-{run}")).await;
+            let id = format!("lat-{i}-{run}");
+            started[i].push((id.clone(), SystemTime::now()));
+            let d = lifecycle(c, &id).await;
             samples[i].push(d.as_secs_f64() * 1000.0);
         }
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let recorded = events.events();
     let mut out = serde_json::Map::new();
-    for (c, mut s) in clients.iter().zip(samples) {
+    for ((c, mut s), started) in clients.iter().zip(samples).zip(started) {
         s.sort_by(f64::total_cmp);
         out.insert(
             c.shim.runtime_type().into(),
@@ -83,8 +90,50 @@ async fn latency(clients: &[Client], runs: usize) -> Value {
                 "p90_ms": percentile(&s, 0.9),
                 "p99_ms": percentile(&s, 0.99),
                 "runs": s.len(),
+                "phases_median_ms": phases(&recorded, &started),
             }),
         );
+    }
+    Value::Object(out)
+}
+
+/// Median time between a lifecycle's steps, from the timestamps of the events the shim
+/// published: `create` is request → TaskCreate (shim start-up and the runtime's create),
+/// `start` TaskCreate → TaskStart, `exit` TaskStart → TaskExit, `delete` TaskExit → TaskDelete.
+fn phases(events: &[Event], started: &[(String, SystemTime)]) -> Value {
+    let at = |id: &str, topic: &str| {
+        events
+            .iter()
+            .find(|e| e.container_id == id && e.topic == topic)
+            .and_then(|e| e.at)
+    };
+    let ms = |from: SystemTime, to: SystemTime| {
+        to.duration_since(from)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let mut steps: [Vec<f64>; 4] = Default::default();
+    for (id, t0) in started {
+        let (Some(create), Some(start), Some(exit), Some(delete)) = (
+            at(id, "/tasks/create"),
+            at(id, "/tasks/start"),
+            at(id, "/tasks/exit"),
+            at(id, "/tasks/delete"),
+        ) else {
+            continue;
+        };
+        for (step, v) in steps.iter_mut().zip([
+            ms(*t0, create),
+            ms(create, start),
+            ms(start, exit),
+            ms(exit, delete),
+        ]) {
+            step.push(v);
+        }
+    }
+    let mut out = serde_json::Map::new();
+    for (name, mut v) in ["create", "start", "exit", "delete"].into_iter().zip(steps) {
+        v.sort_by(f64::total_cmp);
+        out.insert(name.into(), json!(percentile(&v, 0.5)));
     }
     Value::Object(out)
 }
@@ -296,6 +345,13 @@ fn table(r: &Value) -> String {
         add(
             format!("lifecycle {p}"),
             &|s| r["latency"][s][p].as_f64(),
+            "ms",
+        );
+    }
+    for phase in ["create", "start", "exit", "delete"] {
+        add(
+            format!("phase {phase} (median, event timestamps)"),
+            &|s| r["latency"][s]["phases_median_ms"][phase].as_f64(),
             "ms",
         );
     }

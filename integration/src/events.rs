@@ -15,6 +15,8 @@ pub struct Event {
     pub id: String,
     pub pid: u32,
     pub exit_status: u32,
+    /// When the shim published it (the envelope's timestamp).
+    pub at: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Default)]
@@ -41,7 +43,12 @@ impl Recorder {
             let mut stream = resp.into_inner();
             while let Ok(Some(env)) = stream.message().await {
                 if let Some(any) = env.event {
-                    sink.0.lock().unwrap().push(decode(&env.topic, &any.value));
+                    let mut event = decode(&env.topic, &any.value);
+                    event.at = env.timestamp.and_then(|t| {
+                        let since_epoch = Duration::new(t.seconds as u64, t.nanos as u32);
+                        std::time::UNIX_EPOCH.checked_add(since_epoch)
+                    });
+                    sink.0.lock().unwrap().push(event);
                 }
             }
         });
@@ -89,6 +96,7 @@ fn decode(topic: &str, bytes: &[u8]) -> Event {
         id: String::new(),
         pid: 0,
         exit_status: 0,
+        at: None,
     };
     match topic {
         "/tasks/create" => {

@@ -261,3 +261,46 @@ shim_tests!(oom_kill_is_reported_before_the_exit, |ctx| {
     assert!(oom < exit, "TaskOOM must precede TaskExit: {topics:?}");
     c.delete_task("oom").await.unwrap();
 });
+
+/// Resident size (KiB) of the shim binary's own code mapping.
+fn text_rss_kib(pid: u32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut in_text = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 && !line.ends_with("kB") {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            in_text = f[1].contains('x') && f.get(5) == Some(&exe.to_str().unwrap());
+        } else if in_text && line.starts_with("Rss:") {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}
+
+shim_tests!(shim_serves_on_after_dropping_idle_code_pages, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("idle", &spec::spec(&["sleep", "1000"])).await;
+    let shim = ctx.containerd.shim_pid_of("idle").unwrap();
+    let busy = text_rss_kib(shim);
+    // A second after a Start the shim drops the code pages it faulted in.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let idle = text_rss_kib(shim);
+    assert!(
+        idle < busy,
+        "code pages mapped: {busy} KiB busy, {idle} KiB idle"
+    );
+    // Everything refaults on demand.
+    let (status, out) = c.exec_run("idle", "after", &["echo", "still here"]).await;
+    assert_eq!((status, out.as_str()), (0, "still here\n"));
+    assert!(!c.pids("idle").await.unwrap().is_empty());
+    c.pause("idle").await.unwrap();
+    c.resume("idle").await.unwrap();
+    c.remove("idle").await;
+});

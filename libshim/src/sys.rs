@@ -109,3 +109,51 @@ pub fn reset_signals_for_exec() -> io::Result<()> {
     )
     .map_err(io::Error::from)
 }
+
+/// Unmaps the code pages (of the binary and its libraries) that start-up touched, and turns
+/// off the kernel's fault-around for them, so a long-lived shim maps only the code pages it
+/// actually runs: the kernel otherwise maps 64 KiB around each faulted page, most of which a
+/// shim never executes. The pages stay in the page cache; later faults are minor ones.
+///
+/// Only read-only, file-backed mappings are advised, and only those never written are dropped:
+/// text, and the first segment of each file (ELF headers, symbols, read-only data), whose pages
+/// are always the file's. RELRO and data segments (later offsets) hold relocations and writes
+/// and are left alone.
+pub fn trim_code_pages() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        // "start-end perms offset dev inode path"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(perms), Some(offset), Some(path)) =
+            (fields.first(), fields.get(1), fields.get(2), fields.get(5))
+        else {
+            continue;
+        };
+        let never_written = perms.contains('x') || offset.bytes().all(|b| b == b'0');
+        if !path.starts_with('/') || perms.contains('w') || !perms.starts_with('r') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        let (addr, len) = (start as *mut libc::c_void, end - start);
+        // SAFETY: the range is a whole mapping of this process as /proc lists it; RANDOM only
+        // changes read-ahead, and DONTNEED is applied to non-writable text or first-segment file
+        // mappings
+        // only, whose pages are always identical to the file's and are refaulted on access.
+        unsafe {
+            libc::madvise(addr, len, libc::MADV_RANDOM);
+            if never_written {
+                libc::madvise(addr, len, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}

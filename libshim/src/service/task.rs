@@ -56,6 +56,9 @@ struct Container {
     oom_watch: Option<AbortOnDrop>,
 }
 
+/// How long after a Start the code pages it faulted in are dropped.
+const TRIM_AFTER_START: Duration = Duration::from_secs(1);
+
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -115,6 +118,8 @@ struct Inner<B> {
     /// Ids whose Create is in flight, so a duplicate is refused before any work.
     creating: Mutex<HashSet<String>>,
     shutdown: Arc<Notify>,
+    /// A trim of the code pages is scheduled (see [`TaskService::trim_when_settled`]).
+    trim_pending: std::sync::atomic::AtomicBool,
 }
 
 /// The ttrpc Task service. Cheap to clone.
@@ -148,6 +153,7 @@ impl<B: Backend> TaskService<B> {
                 containers: Mutex::new(HashMap::new()),
                 creating: Mutex::new(HashSet::new()),
                 shutdown,
+                trim_pending: Default::default(),
             }),
         };
         tokio::spawn(service.clone().exit_loop(exits));
@@ -235,6 +241,22 @@ impl<B: Backend> TaskService<B> {
     }
 
     /// Reports OOM kills as they happen, until the cgroup goes away.
+    /// A Create and Start fault in much code (the sandbox backend's libcontainer most of all)
+    /// that an idle shim never runs again. A second after a Start, drop it from the mappings
+    /// (one timer however many Starts come in between; later requests refault what they use).
+    fn trim_when_settled(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.trim_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TRIM_AFTER_START).await;
+            this.inner.trim_pending.store(false, Ordering::SeqCst);
+            crate::sys::trim_code_pages();
+        });
+    }
+
     fn watch_oom(&self, id: &str, cgroup: &Cgroup) -> Option<AbortOnDrop> {
         let mut watcher = match cgroup.watch_oom() {
             Ok(w) => w,
@@ -1136,7 +1158,9 @@ impl<B: Backend> protos::shim_async::Task for TaskService<B> {
         Ok(self.do_create(r).await?)
     }
     async fn start(&self, _: &TtrpcContext, r: StartRequest) -> ttrpc::Result<StartResponse> {
-        Ok(self.do_start(r).await?)
+        let response = self.do_start(r).await?;
+        self.trim_when_settled();
+        Ok(response)
     }
     async fn delete(&self, _: &TtrpcContext, r: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         Ok(self.do_delete(r).await?)
