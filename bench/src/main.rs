@@ -182,6 +182,16 @@ fn stat_ticks_ms(pid: u32, at: usize) -> Option<f64> {
     Some(ticks * TICK_MS)
 }
 
+/// Waits (up to 10 s) until no shim of this containerd is running.
+async fn wait_no_shims(containerd: &Containerd) {
+    for _ in 0..200 {
+        if containerd.shim_pids().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Shim CPU per lifecycle, as `{serving, start, total}` in ms. A keeper container holds the
 /// shim of a group alive while `runs` lifecycles of other containers in that group go through
 /// it, so the serving process's CPU can be read before and after. The `start` process each
@@ -197,6 +207,9 @@ async fn cpu_per_lifecycle(
 ) -> Option<Value> {
     let group = |s| spec::annotate(s, "io.containerd.runc.v2.group", &format!("cpu-{tag}"));
     let keeper = format!("cpu-keeper-{tag}");
+    // Shims of earlier measurements must be gone: containerd reaps the ones that end (they are
+    // orphans it adopts), so their CPU would land in this window's containerd children time.
+    wait_no_shims(containerd).await;
     c.create_container(&keeper, &group(spec::spec(&["sleep", "1000"])))
         .await
         .ok()?;
@@ -219,6 +232,7 @@ async fn cpu_per_lifecycle(
     let after = cpu_ms(pid)?;
     let children_after = children_cpu_ms(containerd.pid())?;
     c.remove(&keeper).await;
+    wait_no_shims(containerd).await;
     let serving = (after - before) / runs as f64;
     let start = (children_after - children_before) / runs as f64;
     Some(json!({ "serving": serving, "start": start, "total": serving + start }))

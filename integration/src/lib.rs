@@ -27,8 +27,8 @@ pub fn is_root() -> bool {
 /// Runs one test body for each shim × runtime binary, each against its own containerd:
 /// the runc shim with runc and with crun, and the sandbox shim (libcontainer in-process).
 ///
-/// `runc_only: "why"` before the body leaves the sandbox shim out, for cases about a runtime
-/// binary or its options; the reason is kept in the source next to the test.
+/// Where the shims legitimately differ, a body branches on `ctx.shim` and checks each one's
+/// own behaviour.
 #[macro_export]
 macro_rules! shim_tests {
     ($name:ident, |$ctx:ident| $body:block) => {
@@ -38,9 +38,6 @@ macro_rules! shim_tests {
                 $crate::runtime::run($crate::Shim::Sandbox, $crate::Binary::Runc, body).await
             }
         });
-    };
-    ($name:ident, runc_only: $why:literal, |$ctx:ident| $body:block) => {
-        $crate::shim_tests!(@runc $name, |$ctx| $body, {});
     };
     (@runc $name:ident, |$ctx:ident| $body:block, { $($extra:tt)* }) => {
         mod $name {

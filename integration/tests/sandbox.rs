@@ -102,3 +102,37 @@ async fn stress(ctx: Ctx) {
 async fn two_hundred_concurrent_containers_through_one_grouped_shim() {
     run(Shim::Sandbox, Binary::Runc, stress).await
 }
+
+/// SystemdCgroup asks for systemd's cgroup manager; without systemd the Create is refused with
+/// a clear error instead of silently using cgroupfs, and nothing is left behind.
+async fn systemd_cgroup_needs_systemd(ctx: Ctx) {
+    if std::path::Path::new("/run/systemd/system").exists() {
+        eprintln!("skipped: systemd runs here, the refusal cannot be observed");
+        return;
+    }
+    let c = &ctx.client;
+    let opts = integration::client::Options {
+        systemd_cgroup: true,
+        ..c.options()
+    };
+    let any = integration::client::options_any(&opts);
+    c.create_container_with("sd", &spec::spec(&["true"]), Some(any.clone()))
+        .await
+        .unwrap();
+    let r = c.create_task_with("sd", None, false, Some(any)).await;
+    integration::client::assert_code(
+        r,
+        containerd_client::tonic::Code::InvalidArgument,
+        "systemd is not running",
+    );
+    let state = std::path::Path::new(Shim::Sandbox.default_state_root())
+        .join(&ctx.containerd.namespace)
+        .join("sd");
+    assert!(!state.exists(), "state left at {}", state.display());
+    c.delete_container("sd").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_cgroup_without_systemd_is_refused() {
+    run(Shim::Sandbox, Binary::Runc, systemd_cgroup_needs_systemd).await
+}

@@ -10,7 +10,7 @@ pub fn document() -> Vec<u8> {
                          "private", "rprivate", "shared", "rshared", "slave", "rslave"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
-            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": true, "v2": true, "systemd": true, "systemdUser": false },
             "seccomp": { "enabled": true },
             "apparmor": { "enabled": true },
             "selinux": { "enabled": true },

@@ -23,6 +23,9 @@ mod resources;
 
 use call::{failed, guarded, load, load_from, pid_of, state_root};
 
+/// Present when systemd is the init (sd_booted's test).
+const SYSTEMD_RUNNING: &str = "/run/systemd/system";
+
 #[derive(Debug, Default)]
 pub struct SandboxBackend;
 
@@ -52,10 +55,16 @@ impl Backend for SandboxBackend {
     }
 
     async fn create(&self, info: &ContainerInfo, io: ProcessIo) -> Result<u32, BackendError> {
+        let systemd = info.options.systemd_cgroup;
+        if systemd && !Path::new(SYSTEMD_RUNNING).exists() {
+            return Err(BackendError::InvalidArgument(format!(
+                "SystemdCgroup is set but systemd is not running here (no {SYSTEMD_RUNNING})"
+            )));
+        }
         let b = call::builder(info, io)?;
         let c = guarded(|| {
             b.as_init(&info.bundle)
-                .with_systemd(false)
+                .with_systemd(systemd)
                 .with_detach(true)
                 .with_no_pivot(info.options.no_pivot_root)
                 .build()

@@ -25,7 +25,7 @@ pub fn update(c: &Container, id: &str, resources: &[u8]) -> Result<(), BackendEr
     let cgroup_path = c.spec().map_err(failed("update"))?.cgroup_path;
     let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
         cgroup_path,
-        systemd_cgroup: false,
+        systemd_cgroup: c.systemd(),
         container_name: id.to_string(),
     })
     .map_err(failed("update"))?;
