@@ -169,6 +169,12 @@ impl Backend for RuncBackend {
         options: &RuntimeOptions,
     ) -> Result<(), BackendError> {
         let rt = Runtime::new(options, namespace, Some(bundle));
+        // containerd runs this action after every task delete, when the serving shim has
+        // already deleted the container: with no state under the root (runc and crun keep
+        // `<root>/<id>`) the runtime knows nothing to clean, so it is not executed at all.
+        if !rt.root.join(id).exists() {
+            return Ok(());
+        }
         delete(&rt, id, true).await
     }
 }

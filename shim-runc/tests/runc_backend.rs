@@ -244,3 +244,29 @@ async fn unrunnable_binary_is_missing_binary() {
         other => panic!("expected MissingBinary, got {other:?}"),
     }
 }
+
+/// The clean-up after a task delete (which containerd runs every time) must not execute the
+/// runtime when it holds no state for the container: here the runtime cannot even be run.
+#[tokio::test(flavor = "current_thread")]
+async fn cleanup_without_runtime_state_runs_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let options = RuntimeOptions {
+        binary_name: "/nonexistent/runc".into(),
+        root: root.path().to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    let bundle = root.path().join("bundle");
+    let r = RuncBackend::new()
+        .cleanup("gone", NAMESPACE, &bundle, &options)
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    // With state present, the runtime is executed (and here cannot be).
+    std::fs::create_dir_all(root.path().join(NAMESPACE).join("left")).unwrap();
+    let r = RuncBackend::new()
+        .cleanup("left", NAMESPACE, &bundle, &options)
+        .await;
+    assert!(
+        matches!(r, Err(BackendError::MissingBinary { .. })),
+        "{r:?}"
+    );
+}
