@@ -13,7 +13,7 @@ pub mod reaper;
 pub mod service;
 
 pub use backend::{Backend, CheckpointRequest, ContainerInfo, ProcessIo};
-pub use error::{BackendError, Error};
+pub use error::{error_chain, BackendError, Error};
 pub use options::RuntimeOptions;
 pub mod bootstrap;
 pub mod events;

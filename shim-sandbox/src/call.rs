@@ -27,27 +27,13 @@ pub fn state_root(options: &RuntimeOptions, namespace: &str) -> PathBuf {
 }
 
 /// Turns a libcontainer (or libcgroups) error into the backend's, with its whole chain of
-/// causes: the top-level message alone rarely names what went wrong.
+/// causes.
 pub fn failed<E: std::error::Error>(action: &'static str) -> impl Fn(E) -> BackendError {
     move |e| BackendError::Runtime {
         runtime: RUNTIME.to_string(),
         action,
-        message: error_chain(&e),
+        message: libshim::error_chain(&e),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !msg.contains(&next) {
-            msg.push_str(": ");
-            msg.push_str(&next);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 /// Runs one libcontainer call. The shim must be single-threaded when libcontainer clones

@@ -26,17 +26,7 @@ fn code(err: &Error) -> Code {
 impl From<Error> for ttrpc::Error {
     fn from(err: Error) -> Self {
         let code = code(&err);
-        // The full chain of causes, so the caller sees the root cause in one line.
-        let mut msg = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(s) = source {
-            let s_text = s.to_string();
-            if !msg.contains(&s_text) {
-                msg.push_str(": ");
-                msg.push_str(&s_text);
-            }
-            source = s.source();
-        }
+        let msg = crate::error::error_chain(&err);
         log::debug!("request failed: {code:?}: {msg}");
         ttrpc::Error::RpcStatus(get_status(code, msg))
     }

@@ -969,7 +969,9 @@ impl<B: Backend> TaskService<B> {
         // (it then passes that same path here); for others it archives its own directory
         // into the content store, so the image must be there too.
         let containerds = PathBuf::from(&req.path);
-        if !req.path.is_empty() && containerds != request.image_path {
+        let nested = containerds.starts_with(&request.image_path)
+            || request.image_path.starts_with(&containerds);
+        if !req.path.is_empty() && !nested {
             link_tree(&request.image_path, &containerds)?;
         }
         Ok(())
