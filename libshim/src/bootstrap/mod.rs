@@ -406,8 +406,6 @@ async fn serve_until_shutdown<B: Backend>(
         args.namespace
     );
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("watch SIGTERM", e))?;
-    // Set-up is done: from here on only the code the shim runs stays mapped.
-    crate::sys::trim_code_pages();
     tokio::select! {
         _ = shutdown.notified() => {}
         _ = term.recv() => log::info!("SIGTERM received"),
