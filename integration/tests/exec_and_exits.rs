@@ -1,4 +1,6 @@
 //! Execs, quick exits, exit matching and the subreaper.
+use std::time::Duration;
+
 use containerd_client::tonic::Code;
 use integration::client::{assert_code, zombie_children};
 use integration::events::Recorder;
@@ -142,6 +144,30 @@ shim_tests!(pause_and_resume, |ctx| {
         ["create", "start", "paused", "resumed"]
     );
     c.remove("p").await;
+});
+
+shim_tests!(kill_all_ends_a_paused_container, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("frozen", &spec::sh("sleep 1000 & sleep 1000")).await;
+    let bg = spec::process(&["sleep", "1000"], false);
+    c.exec("frozen", "bg", &bg, None, false).await.unwrap();
+    c.start("frozen", "bg").await.unwrap();
+    assert!(c.pids("frozen").await.unwrap().len() >= 3);
+    c.pause("frozen").await.unwrap();
+    // containerd's forced removal of a paused task: SIGKILL to every process. A frozen
+    // process only dies once thawed, so the runtime must thaw after signalling.
+    c.kill("frozen", "", libc::SIGKILL as u32, true)
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), c.wait("frozen", "")).await;
+    let Ok(status) = waited else {
+        // Thaw first so the fixture can clean up, then fail.
+        let _ = c.resume("frozen").await;
+        panic!("the paused container did not end after kill --all");
+    };
+    let status = status.unwrap();
+    assert_eq!(status, 137);
+    c.remove("frozen").await;
 });
 
 shim_tests!(kill_signals_and_errors, |ctx| {
@@ -290,7 +316,7 @@ shim_tests!(shim_serves_on_after_dropping_idle_code_pages, |ctx| {
     let shim = ctx.containerd.shim_pid_of("idle").unwrap();
     let busy = text_rss_kib(shim);
     // A second after a Start the shim drops the code pages it faulted in.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle = text_rss_kib(shim);
     assert!(
         idle < busy,

@@ -110,15 +110,14 @@ pub fn reset_signals_for_exec() -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Unmaps the code pages (of the binary and its libraries) that start-up touched, and turns
-/// off the kernel's fault-around for them, so a long-lived shim maps only the code pages it
-/// actually runs: the kernel otherwise maps 64 KiB around each faulted page, most of which a
-/// shim never executes. The pages stay in the page cache; later faults are minor ones.
+/// Drops this process's page-table entries for the file pages it never writes (text, and the
+/// first segment of each file: ELF headers, symbols, read-only data), so a long-lived shim
+/// maps only the code it goes on running. The kernel maps 64 KiB around every faulted page
+/// ("fault-around"), so start-up and Create code otherwise stay mapped for the shim's life.
+/// The pages stay in the page cache; whatever runs again is refaulted (minor faults).
 ///
-/// Only read-only, file-backed mappings are advised, and only those never written are dropped:
-/// text, and the first segment of each file (ELF headers, symbols, read-only data), whose pages
-/// are always the file's. RELRO and data segments (later offsets) hold relocations and writes
-/// and are left alone.
+/// RELRO and data segments (writable, or read-only at later offsets after relocation) hold
+/// this process's own writes and are left alone.
 pub fn trim_code_pages() {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
@@ -132,7 +131,7 @@ pub fn trim_code_pages() {
             continue;
         };
         let never_written = perms.contains('x') || offset.bytes().all(|b| b == b'0');
-        if !path.starts_with('/') || perms.contains('w') || !perms.starts_with('r') {
+        if !path.starts_with('/') || perms.contains('w') || !never_written {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -144,16 +143,9 @@ pub fn trim_code_pages() {
         ) else {
             continue;
         };
-        let (addr, len) = (start as *mut libc::c_void, end - start);
-        // SAFETY: the range is a whole mapping of this process as /proc lists it; RANDOM only
-        // changes read-ahead, and DONTNEED is applied to non-writable text or first-segment file
-        // mappings
-        // only, whose pages are always identical to the file's and are refaulted on access.
-        unsafe {
-            libc::madvise(addr, len, libc::MADV_RANDOM);
-            if never_written {
-                libc::madvise(addr, len, libc::MADV_DONTNEED);
-            }
-        }
+        // SAFETY: the range is a whole mapping of this process as /proc lists it, file-backed,
+        // not writable and never written (text or a file's first segment): its pages are
+        // always the file's, so dropping them loses nothing and they refault on access.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
     }
 }

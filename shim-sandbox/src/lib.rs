@@ -35,15 +35,6 @@ impl SandboxBackend {
     }
 }
 
-/// kill(2) of one pid; a process that is already gone is fine.
-fn kill_pid(pid: u32, signal: i32) -> nix::Result<()> {
-    let sig = nix::sys::signal::Signal::try_from(signal)?;
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig) {
-        Err(nix::errno::Errno::ESRCH) => Ok(()),
-        other => other,
-    }
-}
-
 fn delete(mut c: Container, force: bool) -> Result<(), BackendError> {
     guarded(|| c.delete(force)).map_err(failed("delete"))
 }
@@ -104,16 +95,9 @@ impl Backend for SandboxBackend {
         let sig = Signal::try_from(signal as i32)
             .map_err(|_| BackendError::InvalidArgument(format!("invalid signal {signal}")))?;
         let mut c = load(info)?;
-        if !all {
-            return guarded(|| c.kill(sig, false)).map_err(failed("kill"));
-        }
-        // Every process of the container's cgroup as the kernel lists it for the init,
-        // signalled directly: a kill-all must not depend on the container state file.
-        let init = pid_of(c.pid().map(i32::from))?;
-        for pid in resources::procs_of(init)? {
-            let _ = kill_pid(pid, signal as i32);
-        }
-        Ok(())
+        // With `all`, libcontainer signals every pid of the container's configured cgroup
+        // (frozen around it, thawed after, as runc does, so a paused container's SIGKILL lands).
+        guarded(|| c.kill(sig, all)).map_err(failed("kill"))
     }
 
     async fn pause(&self, info: &ContainerInfo) -> Result<(), BackendError> {
@@ -127,8 +111,7 @@ impl Backend for SandboxBackend {
     }
 
     async fn pids(&self, info: &ContainerInfo) -> Result<Vec<u32>, BackendError> {
-        let c = load(info)?;
-        resources::procs_of(pid_of(c.pid().map(i32::from))?)
+        resources::procs(&load(info)?)
     }
 
     async fn delete(&self, info: &ContainerInfo, force: bool) -> Result<(), BackendError> {
@@ -140,7 +123,7 @@ impl Backend for SandboxBackend {
     }
 
     async fn update(&self, info: &ContainerInfo, resources: &[u8]) -> Result<(), BackendError> {
-        resources::update(&load(info)?, &info.id, resources)
+        resources::update(&load(info)?, resources)
     }
 
     async fn checkpoint(

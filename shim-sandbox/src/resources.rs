@@ -1,35 +1,35 @@
-//! The container's cgroup: its processes (Pids, kill-all) and new limits (Update).
-use libcgroups::common::{CgroupConfig, CgroupManager, ControllerOpt};
+//! The container's cgroup, as its config names it: its processes (Pids, kill-all) and new
+//! limits (Update), through the same libcgroups manager libcontainer created it with.
+use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
 use libcontainer::container::Container;
 use libcontainer::oci_spec::runtime::LinuxResources;
 use libshim::BackendError;
 
 use crate::call::failed;
 
-/// Every pid in the cgroup the kernel lists for `init`.
-pub fn procs_of(init: u32) -> Result<Vec<u32>, BackendError> {
-    let cgroup = libshim::metrics::Cgroup::for_pid(init).map_err(|e| {
-        BackendError::io(
-            format!("find the cgroup of pid {init}"),
-            std::io::Error::other(e),
-        )
-    })?;
-    Ok(cgroup.procs())
+fn manager(c: &Container, action: &'static str) -> Result<AnyCgroupManager, BackendError> {
+    let cgroup_path = c.spec().map_err(failed(action))?.cgroup_path;
+    libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path,
+        systemd_cgroup: c.systemd(),
+        container_name: c.id().to_string(),
+    })
+    .map_err(failed(action))
+}
+
+/// Every pid in the container's cgroup; found from the config, not from the init's pid, so
+/// it still works once the init has exited (what a kill-all is for).
+pub fn procs(c: &Container) -> Result<Vec<u32>, BackendError> {
+    let pids = manager(c, "pids")?.get_all_pids().map_err(failed("pids"))?;
+    Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
 }
 
 /// Applies `resources` (OCI LinuxResources JSON, as in the Update request) to the container's
-/// cgroup through libcgroups, as `runc update --resources` does.
-pub fn update(c: &Container, id: &str, resources: &[u8]) -> Result<(), BackendError> {
+/// cgroup, as `runc update --resources` does.
+pub fn update(c: &Container, resources: &[u8]) -> Result<(), BackendError> {
     let resources: LinuxResources = serde_json::from_slice(resources)
         .map_err(|e| BackendError::InvalidArgument(format!("resources: {e}")))?;
-    let cgroup_path = c.spec().map_err(failed("update"))?.cgroup_path;
-    let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
-        cgroup_path,
-        systemd_cgroup: c.systemd(),
-        container_name: id.to_string(),
-    })
-    .map_err(failed("update"))?;
-    manager
+    manager(c, "update")?
         .apply(&ControllerOpt {
             resources: &resources,
             disable_oom_killer: false,

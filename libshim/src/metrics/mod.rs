@@ -99,22 +99,6 @@ impl Cgroup {
         })
     }
 
-    /// The pids of every process in the cgroup.
-    pub fn procs(&self) -> Vec<u32> {
-        let dir = match self {
-            Cgroup::V1(dirs) => ["pids", "memory", "cpu", "devices"]
-                .iter()
-                .find_map(|c| dirs.get(*c))
-                .cloned(),
-            Cgroup::V2(dir) => Some(dir.clone()),
-        };
-        dir.map(|d| read(&d.join("cgroup.procs")))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
     /// How many processes of this cgroup the kernel has OOM-killed so far.
     pub fn oom_kills(&self) -> u64 {
         match self {
