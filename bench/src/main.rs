@@ -1,7 +1,10 @@
 //! `shim-bench`: our shims against containerd's Go runc shim, interleaved in one run against
 //! one private containerd. Prints a table, writes JSON and an SVG chart.
 //!
-//! Usage: shim-bench [--quick] [--runs N] [--out DIR]
+//! Usage: shim-bench [--quick] [--runs N] [--out DIR] [--shims LIST] [--phases LIST]
+//! LIST is comma-separated: shims among runc.v2,runc.rs-v2,sandbox.v2 (runtime type without
+//! `io.containerd.`), phases among latency,throughput,cpu,memory. All by default; a subset is
+//! for profiling one part (e.g. `perf record -a` around `--shims sandbox.v2 --phases throughput`).
 mod chart;
 mod memory;
 
@@ -16,6 +19,8 @@ use serde_json::{json, Value};
 const SHIMS: [Shim; 3] = [Shim::GoRunc, Shim::RuncRs, Shim::Sandbox];
 
 struct Config {
+    shims: Vec<Shim>,
+    phases: Vec<String>,
     runs: usize,
     memory_counts: Vec<usize>,
     throughput_containers: usize,
@@ -32,7 +37,27 @@ fn config() -> Config {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let list =
+        |flag: &str| value(flag).map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>());
+    let shims = match list("--shims") {
+        None => SHIMS.to_vec(),
+        Some(names) => SHIMS
+            .into_iter()
+            .filter(|s| {
+                names
+                    .iter()
+                    .any(|n| s.runtime_type() == format!("io.containerd.{n}"))
+            })
+            .collect(),
+    };
+    let phases = list("--phases").unwrap_or_else(|| {
+        ["latency", "throughput", "cpu", "memory"]
+            .map(String::from)
+            .to_vec()
+    });
     Config {
+        shims,
+        phases,
         runs: value("--runs")
             .and_then(|v| v.parse().ok())
             .unwrap_or(if quick { 5 } else { 100 }),
@@ -244,7 +269,7 @@ async fn main() {
     std::fs::create_dir_all(&cfg.out).expect("create output dir");
     let containerd = Containerd::start().await;
     let mut clients = Vec::new();
-    for shim in SHIMS {
+    for &shim in &cfg.shims {
         clients.push(Client::new(&containerd, shim, Binary::Runc).await);
     }
     // Warm caches (binaries, rootfs) before measuring.
@@ -252,15 +277,21 @@ async fn main() {
         lifecycle(c, &format!("warm-{i}")).await;
     }
 
-    eprintln!("latency: {} interleaved runs per shim", cfg.runs);
-    let latency = latency(&clients, cfg.runs).await;
+    let run = |phase: &str| cfg.phases.iter().any(|p| p == phase);
+    let mut latency_out = json!({});
+    if run("latency") {
+        eprintln!("latency: {} interleaved runs per shim", cfg.runs);
+        latency_out = latency(&clients, cfg.runs).await;
+    }
 
-    eprintln!(
-        "throughput: {} containers, {} at a time",
-        cfg.throughput_containers, cfg.concurrency
-    );
     let mut throughput_out = serde_json::Map::new();
-    for (i, c) in clients.iter().enumerate() {
+    if run("throughput") {
+        eprintln!(
+            "throughput: {} containers, {} at a time",
+            cfg.throughput_containers, cfg.concurrency
+        );
+    }
+    for (i, c) in clients.iter().enumerate().filter(|_| run("throughput")) {
         let rate = throughput(
             c,
             cfg.throughput_containers,
@@ -271,30 +302,34 @@ async fn main() {
         throughput_out.insert(c.shim.runtime_type().into(), json!(rate));
     }
 
-    eprintln!("cpu per lifecycle");
     let mut cpu_out = serde_json::Map::new();
-    for (i, c) in clients.iter().enumerate() {
+    if run("cpu") {
+        eprintln!("cpu per lifecycle");
+    }
+    for (i, c) in clients.iter().enumerate().filter(|_| run("cpu")) {
         let cpu = cpu_per_lifecycle(&containerd, c, cfg.runs.min(50), &i.to_string()).await;
         cpu_out.insert(c.shim.runtime_type().into(), json!(cpu));
     }
 
-    eprintln!("memory");
     let mut memory_out = serde_json::Map::new();
-    for &n in &cfg.memory_counts {
-        for c in &clients {
-            let m = memory::per_shim(&containerd, c, n, false).await;
-            memory_out.insert(format!("{}@{n}", c.shim.runtime_type()), m);
+    if run("memory") {
+        eprintln!("memory");
+        for &n in &cfg.memory_counts {
+            for c in &clients {
+                let m = memory::per_shim(&containerd, c, n, false).await;
+                memory_out.insert(format!("{}@{n}", c.shim.runtime_type()), m);
+            }
         }
-    }
-    for c in &clients {
-        let m = memory::per_shim(&containerd, c, 10, true).await;
-        memory_out.insert(format!("{}@grouped10", c.shim.runtime_type()), m);
+        for c in &clients {
+            let m = memory::per_shim(&containerd, c, 10, true).await;
+            memory_out.insert(format!("{}@grouped10", c.shim.runtime_type()), m);
+        }
     }
 
     let report = json!({
         "machine": machine(),
         "containerd": containerd_version(),
-        "latency": latency,
+        "latency": latency_out,
         "throughput_containers_per_s": throughput_out,
         "shim_cpu_ms_per_lifecycle": cpu_out,
         "memory": memory_out,

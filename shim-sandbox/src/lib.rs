@@ -20,6 +20,7 @@ mod checkpoint;
 mod executor;
 mod features;
 mod resources;
+mod stopped;
 
 use call::{failed, guarded, load, load_from, pid_of, state_root};
 
@@ -116,7 +117,10 @@ impl Backend for SandboxBackend {
 
     async fn delete(&self, info: &ContainerInfo, force: bool) -> Result<(), BackendError> {
         match load(info) {
-            Ok(c) => delete(c, force),
+            Ok(mut c) => match guarded(|| stopped::delete(&mut c))? {
+                true => Ok(()),
+                false => delete(c, force),
+            },
             Err(BackendError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
