@@ -184,9 +184,19 @@ async fn throughput(c: &Client, n: usize, concurrency: usize, tag: &str) -> f64 
     rate
 }
 
-/// CPU time (user + system, in ms) of a whole process, every thread included, from
-/// /proc/PID/stat (clock ticks of 10 ms: the per-lifecycle figure averages over many runs).
-fn cpu_ms(pid: u32) -> Option<f64> {
+/// CPU time (ms) of a whole process: the scheduler's nanosecond run time of each of its
+/// threads (/proc/PID/task/TID/schedstat), or, where the kernel does not keep it, user +
+/// system time from /proc/PID/stat, whose 10 ms ticks only suit sums over many runs.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    if ns > 0 {
+        return Some(ns as f64 / 1e6);
+    }
     stat_ticks_ms(pid, 11)
 }
 
@@ -429,8 +439,12 @@ fn table(r: &Value) -> String {
         keys.sort();
         keys.dedup();
         for n in keys {
-            for field in ["rss_kib", "pss_kib", "uss_kib", "threads"] {
-                let unit = if field == "threads" { "" } else { "KiB" };
+            for field in ["rss_kib", "pss_kib", "uss_kib", "threads", "serving_cpu_ms"] {
+                let unit = match field {
+                    "threads" => "",
+                    "serving_cpu_ms" => "ms",
+                    _ => "KiB",
+                };
                 add(
                     format!("{field} per shim ({n})"),
                     &|s| r["memory"][format!("{s}@{n}")][field].as_f64(),

@@ -1,4 +1,5 @@
-//! Memory of shim processes: RSS, PSS and USS from /proc/PID/smaps_rollup, and threads.
+//! Memory of shim processes: RSS, PSS and USS from /proc/PID/smaps_rollup, and threads; also
+//! the CPU a new serving shim spent bringing its container up (its start-up, Create, Start).
 use integration::{spec, Client, Containerd};
 use serde_json::{json, Value};
 
@@ -8,6 +9,7 @@ struct Sample {
     pss: f64,
     uss: f64,
     threads: f64,
+    cpu_ms: f64,
 }
 
 fn sample(pid: u32) -> Option<Sample> {
@@ -25,6 +27,7 @@ fn sample(pid: u32) -> Option<Sample> {
         pss: field("Pss:"),
         uss: field("Private_Clean:") + field("Private_Dirty:"),
         threads,
+        cpu_ms: crate::cpu_ms(pid).unwrap_or(0.0),
     })
 }
 
@@ -60,6 +63,7 @@ pub async fn per_shim(containerd: &Containerd, c: &Client, n: usize, grouped: bo
         "pss_kib": avg(|s| s.pss),
         "uss_kib": avg(|s| s.uss),
         "threads": avg(|s| s.threads),
+        "serving_cpu_ms": avg(|s| s.cpu_ms),
     });
     for id in &ids {
         c.remove(id).await;
