@@ -170,6 +170,40 @@ shim_tests!(shim_oom_score_is_containerds_plus_one, |ctx| {
     c.remove("oom").await;
 });
 
+shim_tests!(serving_shim_is_detached_and_named_as_a_server, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("named", &spec::spec(&["sleep", "1000"])).await;
+    let shim = ctx.containerd.shim_pid_of("named").unwrap();
+    // `start` forks the server: ps must show a server's command line, not `start`'s.
+    let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(args[0].ends_with(ctx.client.shim.binary_name()), "{args:?}");
+    let id_at = args.iter().position(|a| a == "-id").expect("-id");
+    assert_eq!(args[id_at + 1], "named", "{args:?}");
+    assert!(!args.iter().any(|a| a == "start"), "{args:?}");
+    // Its own process group, and none of containerd's pipes.
+    let stat = std::fs::read_to_string(format!("/proc/{shim}/stat")).unwrap();
+    let pgrp: u32 = stat
+        .rsplit(") ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, shim);
+    for fd in 0..=2 {
+        let target = std::fs::read_link(format!("/proc/{shim}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
+    }
+    c.remove("named").await;
+});
+
 shim_tests!(shim_cgroup_option_places_the_shim, |ctx| {
     let c = &ctx.client;
     let ns = ctx.containerd.namespace.clone();

@@ -44,19 +44,19 @@ pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
     })
 }
 
-/// Takes the listening socket a `start` process handed down at fd number `fd`.
-/// Returns `None` unless `fd` really is an open socket, so a stray number cannot be misused.
-pub fn inherited_listener(fd: RawFd) -> Option<std::os::unix::net::UnixListener> {
-    use nix::sys::stat::{fstat, SFlag};
-    // SAFETY: `fd` is only borrowed here to inspect it; it is not closed or stored.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = fstat(borrowed).ok()?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return None;
+/// Forks this process, for a `start` that becomes its own server without exec'ing itself
+/// again. Refuses unless the process has exactly one thread: the child of a threaded process
+/// may find a lock (the allocator's) held forever by a thread that did not come along.
+pub fn fork_single_threaded() -> io::Result<nix::unistd::ForkResult> {
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a process with {threads} threads"
+        )));
     }
-    // SAFETY: the fd is an open socket that the `start` process passed to us alone; nothing
-    // else in this process knows its number, so taking ownership cannot double-close it.
-    Some(unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) })
+    // SAFETY: the process is single-threaded (checked above), so no lock can be held by a
+    // thread missing from the child; the child goes on as an ordinary single-threaded program.
+    unsafe { nix::unistd::fork() }.map_err(io::Error::from)
 }
 
 /// Makes the child see `fds[i]` as fd `3 + i` (Go's `ExtraFiles`), for the logging binary

@@ -2,20 +2,17 @@
 //! (clean up after a dead shim), `-v`, and serving the task API.
 mod address;
 mod args;
+mod fork;
 mod logger;
 mod protocol;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use protobuf::{Message, MessageField};
 use protos::api::DeleteResponse;
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,10 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
 use crate::options::RuntimeOptions;
 use crate::service::{ttrpc_services, TaskService};
-use crate::{mount, reaper, sys};
-
-/// The environment variable naming the fd of the listening socket `start` hands down.
-const LISTEN_FD_ENV: &str = "LIBSHIM_LISTEN_FD";
+use crate::{mount, reaper};
 
 /// What a shim binary is called, and the runtime type containerd knows it by.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +55,11 @@ pub fn run<B: Backend, F: FnOnce() -> B>(name: ShimName, make_backend: F) -> ! {
         }
     }
     let result = match args.action.as_deref() {
-        Some("start") => start(&args),
+        Some("start") => match start(&args) {
+            Ok(Some(server)) => server.run(make_backend()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        },
         Some("delete") => delete(&args, make_backend()),
         Some(other) => Err(Error::InvalidArgument(format!("unknown action {other:?}"))),
         None => serve(&args, make_backend()),
@@ -135,8 +133,9 @@ fn bundle_dir(args: &Args) -> Result<PathBuf> {
     std::env::current_dir().map_err(|e| Error::io("find the bundle (working directory)", e))
 }
 
-/// `start`: print the address of a shim serving this container's group, spawning one if needed.
-fn start(args: &Args) -> Result<()> {
+/// `start`: print the address of a shim serving this container's group, forking one if
+/// needed. Returns, in the forked child only, the server it is to become.
+fn start(args: &Args) -> Result<Option<fork::ForkedServer>> {
     // containerd writes to stdin (options, or 2.3's BootstrapParams); read all of it so it
     // never blocks on us.
     let mut input = Vec::new();
@@ -160,7 +159,10 @@ fn start(args: &Args) -> Result<()> {
     match bind_socket(&path)? {
         None => log::debug!("reusing shim at {uri} for group {group}"),
         Some(listener) => {
-            let pid = spawn_server(&request, &bundle, listener, &path)?;
+            let pid = match fork::fork_server(&request, &bundle, listener, &path)? {
+                fork::Forked::Parent(pid) => pid,
+                fork::Forked::Child(server) => return Ok(Some(*server)),
+            };
             // ShimCgroup (from the task or runtime options) places the shim.
             let shim_cgroup = &request.options.shim_cgroup;
             if !shim_cgroup.is_empty() {
@@ -179,7 +181,8 @@ fn start(args: &Args) -> Result<()> {
     let mut out = std::io::stdout();
     out.write_all(&protocol::response(&request, &uri))
         .and_then(|_| out.flush())
-        .map_err(|e| Error::io("print the shim address", e))
+        .map_err(|e| Error::io("print the shim address", e))?;
+    Ok(None)
 }
 
 /// Binds the group's socket, or returns `None` when a live shim already serves it.
@@ -208,51 +211,6 @@ fn bind_socket(path: &Path) -> Result<Option<UnixListener>> {
         "socket {} keeps reappearing",
         path.display()
     )))
-}
-
-fn spawn_server(
-    request: &protocol::StartRequest,
-    bundle: &Path,
-    listener: UnixListener,
-    path: &Path,
-) -> Result<u32> {
-    let cleanup = |e: Error| {
-        let _ = std::fs::remove_file(path);
-        e
-    };
-    // Hand the socket down by number: clear close-on-exec on it for this one exec.
-    fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty()))
-        .map_err(|e| cleanup(Error::io("pass the shim socket on", e.into())))?;
-    let exe = std::env::current_exe().map_err(|e| cleanup(Error::io("find own binary", e)))?;
-    let serve = Args {
-        namespace: request.namespace.clone(),
-        id: request.id.clone(),
-        address: request.grpc_address.clone(),
-        debug: request.debug,
-        ..Default::default()
-    };
-    let mut cmd = Command::new(exe);
-    if let Some(ttrpc) = &request.ttrpc_address {
-        // containerd 2.3 names its ttrpc address in BootstrapParams, not in the environment.
-        cmd.env("TTRPC_ADDRESS", ttrpc.trim_start_matches("unix://"));
-    }
-    let child = cmd
-        .args(serve.serve_args())
-        .current_dir(bundle)
-        .env(LISTEN_FD_ENV, listener.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Out of containerd's process group, so signals meant for containerd miss the shim.
-        .process_group(0)
-        .spawn()
-        .map_err(|e| cleanup(Error::io("spawn the serving shim", e)))?;
-    write_file(&bundle.join("shim.pid"), &child.id().to_string())?;
-    if let Err(e) = adjust_oom_score(child.id()) {
-        log::warn!("set the shim's oom_score_adj: {e}");
-    }
-    // The start process exits now; the server is reparented and nobody waits for it here.
-    Ok(child.id())
 }
 
 /// The shim gets containerd's OOM score plus one, so the kernel kills a shim before the
@@ -328,39 +286,38 @@ fn remove_dead_socket(bundle: &Path) {
     }
 }
 
-fn listener(args: &Args) -> Result<UnixListener> {
-    if !args.socket.is_empty() {
-        let path = args.socket.trim_start_matches("unix://");
-        return UnixListener::bind(path).map_err(|e| Error::io(format!("bind {path}"), e));
-    }
-    let fd = std::env::var(LISTEN_FD_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "no socket to serve on: use `start`, or pass -socket (no {LISTEN_FD_ENV})"
-            ))
-        })?;
-    std::env::remove_var(LISTEN_FD_ENV);
-    let l = sys::inherited_listener(fd)
-        .ok_or_else(|| Error::InvalidArgument(format!("{LISTEN_FD_ENV}={fd} is not a socket")))?;
-    fcntl(&l, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map_err(|e| Error::io("mark the shim socket close-on-exec", e.into()))?;
-    Ok(l)
-}
-
-/// The serving process: a subreaper answering the task API until Shutdown or SIGTERM.
+/// The serving process without `start` (by hand, for debugging): binds `-socket`.
 fn serve<B: Backend>(args: &Args, backend: B) -> Result<()> {
     require(args)?;
+    if args.socket.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no socket to serve on: use `start`, or pass -socket".into(),
+        ));
+    }
+    let path = args.socket.trim_start_matches("unix://");
+    let listener = UnixListener::bind(path).map_err(|e| Error::io(format!("bind {path}"), e))?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
+        .ok()
+        .filter(|a| !a.is_empty());
+    serve_on(args, listener, ttrpc_address, backend)
+}
+
+/// The serving process: a subreaper answering the task API on `listener` until Shutdown or
+/// SIGTERM, publishing events to containerd at `ttrpc_address`.
+fn serve_on<B: Backend>(
+    args: &Args,
+    listener: UnixListener,
+    ttrpc_address: Option<String>,
+    backend: B,
+) -> Result<()> {
     logger::init("log", args.debug);
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| Error::io("become a child subreaper", e.into()))?;
-    let listener = listener(args)?;
     let socket = listener
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-    let result = runtime()?.block_on(serve_until_shutdown(args, backend, listener));
+    let result = runtime()?.block_on(serve_until_shutdown(args, backend, listener, ttrpc_address));
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);
     }
@@ -372,14 +329,10 @@ async fn serve_until_shutdown<B: Backend>(
     args: &Args,
     backend: B,
     listener: UnixListener,
+    ttrpc_address: Option<String>,
 ) -> Result<()> {
     let exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
-    let publisher = Publisher::start(
-        std::env::var("TTRPC_ADDRESS")
-            .ok()
-            .filter(|a| !a.is_empty()),
-        args.namespace.clone(),
-    );
+    let publisher = Publisher::start(ttrpc_address, args.namespace.clone());
     let shutdown = Arc::new(Notify::new());
     let service = TaskService::new(
         backend,
