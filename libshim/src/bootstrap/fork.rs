@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use super::{adjust_oom_score, protocol, serve_on, write_file, Args};
+use super::{protocol, serve_on, Args};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -50,14 +50,9 @@ pub(super) fn fork_server(
     })?;
     match forked {
         nix::unistd::ForkResult::Child => {}
+        // The start process exits soon; the server is reparented and nobody waits for it.
         nix::unistd::ForkResult::Parent { child } => {
-            let pid = child.as_raw() as u32;
-            write_file(&bundle.join("shim.pid"), &pid.to_string())?;
-            if let Err(e) = adjust_oom_score(pid) {
-                log::warn!("set the shim's oom_score_adj: {e}");
-            }
-            // The start process exits now; the server is reparented and nobody waits for it.
-            return Ok(Forked::Parent(pid));
+            return Ok(Forked::Parent(child.as_raw() as u32))
         }
     }
     // In the child: any failure here ends it (`run` exits non-zero); containerd sees the

@@ -156,33 +156,49 @@ fn start(args: &Args) -> Result<Option<fork::ForkedServer>> {
     );
     let uri = address::to_uri(&path);
 
-    match bind_socket(&path)? {
-        None => log::debug!("reusing shim at {uri} for group {group}"),
-        Some(listener) => {
-            let pid = match fork::fork_server(&request, &bundle, listener, &path)? {
-                fork::Forked::Parent(pid) => pid,
-                fork::Forked::Child(server) => return Ok(Some(*server)),
-            };
-            // ShimCgroup (from the task or runtime options) places the shim.
-            let shim_cgroup = &request.options.shim_cgroup;
-            if !shim_cgroup.is_empty() {
-                if let Err(e) = crate::metrics::join(shim_cgroup, pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = std::fs::remove_file(&path);
-                    return Err(e);
-                }
-            }
-        }
+    let Some(listener) = bind_socket(&path)? else {
+        log::debug!("reusing shim at {uri} for group {group}");
+        return publish_address(&request, &bundle, &uri).map(|()| None);
+    };
+    let pid = match fork::fork_server(&request, &bundle, listener, &path)? {
+        fork::Forked::Parent(pid) => pid,
+        fork::Forked::Child(server) => return Ok(Some(*server)),
+    };
+    // The server is up: if containerd is not told of it, it must not be left behind.
+    let told = place_server(&request, &bundle, pid)
+        .and_then(|()| publish_address(&request, &bundle, &uri));
+    if let Err(e) = told {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
-    write_file(&bundle.join("address"), &uri)?;
-    let mut out = std::io::stdout();
-    out.write_all(&protocol::response(&request, &uri))
-        .and_then(|_| out.flush())
-        .map_err(|e| Error::io("print the shim address", e))?;
     Ok(None)
+}
+
+/// Records the new server's pid, gives it its OOM score and, with ShimCgroup (from the task or
+/// runtime options), moves it into that cgroup.
+fn place_server(request: &protocol::StartRequest, bundle: &Path, pid: u32) -> Result<()> {
+    write_file(&bundle.join("shim.pid"), &pid.to_string())?;
+    if let Err(e) = adjust_oom_score(pid) {
+        log::warn!("set the shim's oom_score_adj: {e}");
+    }
+    let shim_cgroup = &request.options.shim_cgroup;
+    if shim_cgroup.is_empty() {
+        return Ok(());
+    }
+    crate::metrics::join(shim_cgroup, pid)
+}
+
+/// Writes the bundle's `address` file and prints the address in the caller's protocol.
+fn publish_address(request: &protocol::StartRequest, bundle: &Path, uri: &str) -> Result<()> {
+    write_file(&bundle.join("address"), uri)?;
+    let mut out = std::io::stdout();
+    out.write_all(&protocol::response(request, uri))
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("print the shim address", e))
 }
 
 /// Binds the group's socket, or returns `None` when a live shim already serves it.
