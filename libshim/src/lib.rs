@@ -22,4 +22,4 @@ pub mod mount;
 pub mod process;
 pub mod stdio;
 mod sys;
-pub use sys::reset_signals_for_exec;
+pub use sys::{reset_signals_for_exec, thread_count};

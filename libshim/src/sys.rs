@@ -44,15 +44,23 @@ pub fn private_temp_dir(prefix: &str) -> Result<PathBuf> {
     })
 }
 
+/// Threads of this process, from /proc (None if it cannot be read).
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
 /// Forks this process, for a `start` that becomes its own server without exec'ing itself
 /// again. Refuses unless the process has exactly one thread: the child of a threaded process
 /// may find a lock (the allocator's) held forever by a thread that did not come along.
 pub fn fork_single_threaded() -> io::Result<nix::unistd::ForkResult> {
-    let threads = std::fs::read_dir("/proc/self/task")?.count();
-    if threads != 1 {
-        return Err(io::Error::other(format!(
-            "cannot fork a process with {threads} threads"
-        )));
+    match thread_count() {
+        Some(1) => {}
+        Some(n) => {
+            return Err(io::Error::other(format!(
+                "cannot fork a process with {n} threads"
+            )))
+        }
+        None => return Err(io::Error::other("cannot count this process's threads")),
     }
     // SAFETY: the process is single-threaded (checked above), so no lock can be held by a
     // thread missing from the child; the child goes on as an ordinary single-threaded program.
@@ -147,5 +155,22 @@ pub fn trim_code_pages() {
         // not writable and never written (text or a file's first segment): its pages are
         // always the file's, so dropping them loses nothing and they refault on access.
         unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_fork_a_threaded_process() {
+        // A second thread, alive across the call, whatever the harness does.
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
+        let result = fork_single_threaded();
+        drop(done);
+        let _ = other.join();
+        let err = result.expect_err("a threaded process must not fork");
+        assert!(err.to_string().contains("threads"), "{err}");
     }
 }

@@ -42,7 +42,7 @@ pub fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     // (Unit tests run on the test harness's threads; the shim never does.)
     #[cfg(not(test))]
     debug_assert_eq!(
-        thread_count(),
+        libshim::thread_count(),
         Some(1),
         "libcontainer called from a threaded shim"
     );
@@ -52,12 +52,6 @@ pub fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let _ = std::env::set_current_dir(dir);
     }
     out
-}
-
-/// Threads of this process, from /proc (None if it cannot be read).
-#[cfg_attr(test, allow(dead_code))]
-pub fn thread_count() -> Option<usize> {
-    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }
 
 fn dev_null() -> Result<OwnedFd, BackendError> {

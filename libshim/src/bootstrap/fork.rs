@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use super::{protocol, serve_on, Args};
+use super::{protocol, serve_on, ttrpc_address_from_env, Args};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -66,11 +66,7 @@ pub(super) fn fork_server(
         .ttrpc_address
         .as_deref()
         .map(|a| a.trim_start_matches("unix://").to_string())
-        .or_else(|| {
-            std::env::var("TTRPC_ADDRESS")
-                .ok()
-                .filter(|a| !a.is_empty())
-        });
+        .or_else(ttrpc_address_from_env);
     Ok(Forked::Child(Box::new(ForkedServer {
         args,
         listener,

@@ -312,10 +312,14 @@ fn serve<B: Backend>(args: &Args, backend: B) -> Result<()> {
     }
     let path = args.socket.trim_start_matches("unix://");
     let listener = UnixListener::bind(path).map_err(|e| Error::io(format!("bind {path}"), e))?;
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS")
+    serve_on(args, listener, ttrpc_address_from_env(), backend)
+}
+
+/// containerd's ttrpc address for events, as containerd before 2.3 passes it to `start`.
+fn ttrpc_address_from_env() -> Option<String> {
+    std::env::var("TTRPC_ADDRESS")
         .ok()
-        .filter(|a| !a.is_empty());
-    serve_on(args, listener, ttrpc_address, backend)
+        .filter(|a| !a.is_empty())
 }
 
 /// The serving process: a subreaper answering the task API on `listener` until Shutdown or
