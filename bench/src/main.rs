@@ -24,6 +24,7 @@ struct Config {
     runs: usize,
     memory_counts: Vec<usize>,
     throughput_containers: usize,
+    throughput_rounds: usize,
     concurrency: usize,
     out: PathBuf,
 }
@@ -63,6 +64,7 @@ fn config() -> Config {
             .unwrap_or(if quick { 5 } else { 100 }),
         memory_counts: if quick { vec![3] } else { vec![10, 50] },
         throughput_containers: if quick { 8 } else { 50 },
+        throughput_rounds: if quick { 1 } else { 3 },
         concurrency: 8,
         out: PathBuf::from(value("--out").unwrap_or_else(|| "target/bench".into())),
     }
@@ -295,21 +297,41 @@ async fn main() {
     }
 
     let mut throughput_out = serde_json::Map::new();
+    let mut throughput_rounds = serde_json::Map::new();
+    let mut throughput_ratio = serde_json::Map::new();
     if run("throughput") {
         eprintln!(
-            "throughput: {} containers, {} at a time",
-            cfg.throughput_containers, cfg.concurrency
+            "throughput: {} containers, {} at a time, {} interleaved rounds",
+            cfg.throughput_containers, cfg.concurrency, cfg.throughput_rounds
         );
-    }
-    for (i, c) in clients.iter().enumerate().filter(|_| run("throughput")) {
-        let rate = throughput(
-            c,
-            cfg.throughput_containers,
-            cfg.concurrency,
-            &i.to_string(),
-        )
-        .await;
-        throughput_out.insert(c.shim.runtime_type().into(), json!(rate));
+        // Rounds interleaved A B C A B C, so a change in the host's load hits every shim;
+        // the median round is reported.
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); clients.len()];
+        for round in 0..cfg.throughput_rounds {
+            for (i, c) in clients.iter().enumerate() {
+                let tag = format!("{i}-{round}");
+                let rate = throughput(c, cfg.throughput_containers, cfg.concurrency, &tag).await;
+                rates[i].push(rate);
+            }
+        }
+        let go = clients.iter().position(|c| c.shim == Shim::GoRunc);
+        for (i, c) in clients.iter().enumerate() {
+            let name = c.shim.runtime_type();
+            throughput_rounds.insert(name.into(), json!(rates[i]));
+            let mut sorted = rates[i].clone();
+            sorted.sort_by(f64::total_cmp);
+            throughput_out.insert(name.into(), json!(percentile(&sorted, 0.5)));
+            // Each round's ratio pairs runs a few seconds apart; their median is the figure.
+            if let Some(go) = go {
+                let mut ratios: Vec<f64> = rates[i]
+                    .iter()
+                    .zip(&rates[go])
+                    .map(|(r, g)| r / g)
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                throughput_ratio.insert(name.into(), json!(percentile(&ratios, 0.5)));
+            }
+        }
     }
 
     let mut cpu_out = serde_json::Map::new();
@@ -341,6 +363,8 @@ async fn main() {
         "containerd": containerd_version(),
         "latency": latency_out,
         "throughput_containers_per_s": throughput_out,
+        "throughput_rounds_containers_per_s": throughput_rounds,
+        "throughput_ratio_to_go_shim": throughput_ratio,
         "shim_cpu_ms_per_lifecycle": cpu_out,
         "memory": memory_out,
     });
@@ -415,9 +439,14 @@ fn table(r: &Value) -> String {
         );
     }
     add(
-        "throughput".into(),
+        "throughput (median round)".into(),
         &|s| r["throughput_containers_per_s"][s].as_f64(),
         "ctr/s",
+    );
+    add(
+        "throughput ratio to the Go shim (median of the rounds' ratios)".into(),
+        &|s| r["throughput_ratio_to_go_shim"][s].as_f64(),
+        "",
     );
     for (part, name) in [
         ("serving", "serving shim CPU per lifecycle"),
