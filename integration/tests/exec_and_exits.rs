@@ -85,6 +85,23 @@ shim_tests!(exec_output_status_and_pids, |ctx| {
     assert_code(dup, Code::AlreadyExists, "sleeper");
     assert_eq!(c.status("x", "sleeper").await.unwrap(), "RUNNING");
 
+    // An exec the runtime refuses (its working directory does not exist) fails the request.
+    let mut lost = spec::process(&["true"], false);
+    lost["cwd"] = serde_json::json!("/does/not/exist");
+    let failed = match c.exec("x", "lost", &lost, None, false).await {
+        Ok(()) => c.start("x", "lost").await.map(drop),
+        Err(e) => Err(e),
+    };
+    assert!(failed.is_err(), "an exec in a missing directory must fail");
+    // Whatever happened, the process files handed to the runtime are gone from the bundle.
+    let left: Vec<String> = std::fs::read_dir(ctx.containerd.bundle("x"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".exec-"))
+        .collect();
+    assert!(left.is_empty(), "left in the bundle: {left:?}");
+
     // Kill with all takes the execs with the init.
     c.kill("x", "", libc::SIGKILL as u32, true).await.unwrap();
     assert_eq!(c.wait("x", "sleeper").await.unwrap(), 137);

@@ -40,6 +40,35 @@ impl ContainerInfo {
     }
 }
 
+/// A file in the bundle that one runtime call reads (an exec's process, an update's
+/// resources) or writes (an exec's pid file); removed when dropped, however the call ends.
+#[derive(Debug)]
+pub struct BundleFile(PathBuf);
+
+impl BundleFile {
+    /// Writes `data` to `path`.
+    pub fn write(path: PathBuf, data: &[u8]) -> Result<Self, BackendError> {
+        std::fs::write(&path, data)
+            .map_err(|e| BackendError::io(format!("write {}", path.display()), e))?;
+        Ok(Self(path))
+    }
+
+    /// A path the runtime is to create.
+    pub fn to_be_written(path: PathBuf) -> Self {
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BundleFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A checkpoint to write, or to restore from (CRIU's options, as containerd sends them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointRequest {

@@ -2,7 +2,7 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use libshim::backend::{CheckpointRequest, ProcessIo};
+use libshim::backend::{BundleFile, CheckpointRequest, ProcessIo};
 use libshim::{Backend, BackendError, ContainerInfo, RuntimeOptions};
 
 use crate::cli::{self, os, Runtime};
@@ -14,23 +14,6 @@ pub struct RuncBackend;
 impl RuncBackend {
     pub fn new() -> Self {
         Self
-    }
-}
-
-/// Writes `data` to a file in the bundle for the runtime to read, removed on drop.
-struct BundleFile(std::path::PathBuf);
-
-impl BundleFile {
-    fn write(path: std::path::PathBuf, data: &[u8]) -> Result<Self, BackendError> {
-        std::fs::write(&path, data)
-            .map_err(|e| BackendError::io(format!("write {}", path.display()), e))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for BundleFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -68,15 +51,15 @@ impl Backend for RuncBackend {
     ) -> Result<u32, BackendError> {
         let rt = Runtime::for_container(info);
         let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
-        let pid_file = BundleFile(info.bundle.join(format!(".exec-{exec_id}.pid")));
+        let pid_file = BundleFile::to_be_written(info.bundle.join(format!(".exec-{exec_id}.pid")));
         let args = cli::exec_args(
             &info.id,
-            &process.0,
-            &pid_file.0,
+            process.path(),
+            pid_file.path(),
             cli::console_socket_of(&io),
         );
         rt.run("exec", args, Some(io), None).await?;
-        cli::read_pid(&pid_file.0)
+        cli::read_pid(pid_file.path())
     }
 
     async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
@@ -120,7 +103,12 @@ impl Backend for RuncBackend {
     async fn update(&self, info: &ContainerInfo, resources: &[u8]) -> Result<(), BackendError> {
         let rt = Runtime::for_container(info);
         let file = BundleFile::write(info.bundle.join(".resources.json"), resources)?;
-        let args = vec![os("update"), os("--resources"), os(&file.0), os(&info.id)];
+        let args = vec![
+            os("update"),
+            os("--resources"),
+            os(file.path()),
+            os(&info.id),
+        ];
         rt.run("update", args, None, None).await.map(drop)
     }
 

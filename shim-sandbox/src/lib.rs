@@ -12,7 +12,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use libcontainer::container::Container;
 use libcontainer::signal::Signal;
-use libshim::backend::ProcessIo;
+use libshim::backend::{BundleFile, ProcessIo};
 use libshim::{Backend, BackendError, CheckpointRequest, ContainerInfo, RuntimeOptions};
 
 mod call;
@@ -78,18 +78,16 @@ impl Backend for SandboxBackend {
         io: ProcessIo,
     ) -> Result<u32, BackendError> {
         // libcontainer's tenant builder reads the process from a file, as `runc exec --process`.
-        let process = info.bundle.join(format!(".exec-{exec_id}.json"));
-        std::fs::write(&process, spec)
-            .map_err(|e| BackendError::io(format!("write {}", process.display()), e))?;
+        let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
         let b = call::builder(info, io)?;
         let pid = guarded(|| {
             b.as_tenant()
                 .with_detach(true)
-                .with_process(Some(&process))
+                .with_process(Some(process.path()))
                 .build()
-        });
-        let _ = std::fs::remove_file(&process);
-        Ok(pid.map_err(failed("exec"))?.as_raw() as u32)
+        })
+        .map_err(failed("exec"))?;
+        Ok(pid.as_raw() as u32)
     }
 
     async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
