@@ -2,9 +2,15 @@
 //! one private containerd. Prints a table, writes JSON and an SVG chart.
 //!
 //! Usage: shim-bench [--quick] [--runs N] [--out DIR] [--shims LIST] [--phases LIST]
+//!                   [--containerd-debug] [--state-on-disk]
 //! LIST is comma-separated: shims among runc.v2,runc.rs-v2,sandbox.v2 (runtime type without
 //! `io.containerd.`), phases among latency,throughput,cpu,memory. All by default; a subset is
 //! for profiling one part (e.g. `perf record -a` around `--shims sandbox.v2 --phases throughput`).
+//!
+//! containerd runs as it does in production: log level info, its state and `/run/containerd`
+//! on a tmpfs (mounted in its own mount namespace, as `/run` is on any systemd host).
+//! `--containerd-debug` and `--state-on-disk` measure with debug logs (which also reach the
+//! shims as `-debug`) and with the state on this machine's own `/run` and `/tmp` instead.
 mod chart;
 mod memory;
 
@@ -12,6 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, StreamExt};
+use integration::daemon::Settings;
 use integration::events::{Event, Recorder};
 use integration::{spec, Binary, Client, Containerd, Shim};
 use serde_json::{json, Value};
@@ -19,6 +26,7 @@ use serde_json::{json, Value};
 const SHIMS: [Shim; 3] = [Shim::GoRunc, Shim::RuncRs, Shim::Sandbox];
 
 struct Config {
+    daemon: Settings,
     shims: Vec<Shim>,
     phases: Vec<String>,
     runs: usize,
@@ -29,9 +37,24 @@ struct Config {
     out: PathBuf,
 }
 
+const USAGE: &str = "usage: shim-bench [--quick] [--runs N] [--out DIR] [--shims LIST] \
+                     [--phases LIST] [--containerd-debug] [--state-on-disk]";
+
 fn config() -> Config {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--quick" | "--containerd-debug" | "--state-on-disk" => {}
+            "--runs" | "--out" | "--shims" | "--phases" if rest.next().is_some() => {}
+            _ => {
+                eprintln!("shim-bench: unexpected argument {a:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let quick = flag("--quick");
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -57,6 +80,14 @@ fn config() -> Config {
             .to_vec()
     });
     Config {
+        daemon: Settings {
+            log_level: if flag("--containerd-debug") {
+                "debug"
+            } else {
+                "info"
+            },
+            state_on_tmpfs: !flag("--state-on-disk"),
+        },
         shims,
         phases,
         runs: value("--runs")
@@ -279,7 +310,7 @@ async fn cpu_per_lifecycle(
 async fn main() {
     let cfg = config();
     std::fs::create_dir_all(&cfg.out).expect("create output dir");
-    let containerd = Containerd::start().await;
+    let containerd = Containerd::start_with(cfg.daemon).await;
     let mut clients = Vec::new();
     for &shim in &cfg.shims {
         clients.push(Client::new(&containerd, shim, Binary::Runc).await);
@@ -361,6 +392,8 @@ async fn main() {
     let report = json!({
         "machine": machine(),
         "containerd": containerd_version(),
+        "containerd_log_level": cfg.daemon.log_level,
+        "containerd_state_on_tmpfs": cfg.daemon.state_on_tmpfs,
         "latency": latency_out,
         "throughput_containers_per_s": throughput_out,
         "throughput_rounds_containers_per_s": throughput_rounds,

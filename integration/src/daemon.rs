@@ -23,6 +23,29 @@ pub struct Containerd {
     dir: tempfile::TempDir,
     child: Option<Child>,
     pub namespace: String,
+    /// Where containerd's files are seen from here: its state may sit on a tmpfs mounted in
+    /// its own mount namespace, reached through `/proc/PID/root`.
+    view_root: PathBuf,
+}
+
+/// How the private containerd runs.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    /// containerd's log level (it passes `-debug` to the shims when it is `debug`).
+    pub log_level: &'static str,
+    /// Puts containerd's state and `/run/containerd` (shim sockets, runtime roots) on a tmpfs
+    /// in containerd's mount namespace, as `/run` is on a host with systemd.
+    pub state_on_tmpfs: bool,
+}
+
+impl Default for Settings {
+    /// The tests': debug logs for diagnosis, the machine's own `/run`.
+    fn default() -> Self {
+        Settings {
+            log_level: "debug",
+            state_on_tmpfs: false,
+        }
+    }
 }
 
 fn containerd_binary() -> String {
@@ -39,6 +62,10 @@ fn needs_cgroup_mask() -> bool {
 
 impl Containerd {
     pub async fn start() -> Self {
+        Self::start_with(Settings::default()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let namespace = format!(
             "it-{}-{}",
@@ -54,7 +81,8 @@ impl Containerd {
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"debug\"\n",
+             [debug]\n  level = \"{level}\"\n",
+            level = settings.log_level,
             root = d.join("root").display(),
             state = d.join("state").display(),
             sock = d.join("c.sock").display(),
@@ -80,21 +108,40 @@ impl Containerd {
         );
         let log = std::fs::File::create(d.join("containerd.log")).expect("log file");
         let config = d.join("config.toml");
-        let mut cmd = if needs_cgroup_mask() {
+        // Mounts made in containerd's private mount namespace before it starts.
+        let mut mounts = Vec::new();
+        if needs_cgroup_mask() {
             let empty = d.join("empty");
             std::fs::write(&empty, "").expect("mask file");
+            mounts.push(format!(
+                "mount --bind {} {HYBRID_CONTROLLERS}",
+                empty.display()
+            ));
+        }
+        if settings.state_on_tmpfs {
+            let state = d.join("state");
+            std::fs::create_dir_all(&state).expect("state dir");
+            std::fs::create_dir_all("/run/containerd").expect("/run/containerd");
+            for dir in [Path::new("/run/containerd"), &state] {
+                mounts.push(format!(
+                    "mount -t tmpfs -o mode=0711 tmpfs {}",
+                    dir.display()
+                ));
+            }
+        }
+        let mut cmd = if mounts.is_empty() {
+            let mut c = Command::new(containerd_binary());
+            c.arg("--config").arg(&config);
+            c
+        } else {
             let script = format!(
-                "mount --bind {} {HYBRID_CONTROLLERS} && exec {} --config {}",
-                empty.display(),
+                "{} && exec {} --config {}",
+                mounts.join(" && "),
                 containerd_binary(),
                 config.display()
             );
             let mut c = Command::new("unshare");
             c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-            c
-        } else {
-            let mut c = Command::new(containerd_binary());
-            c.arg("--config").arg(&config);
             c
         };
         cmd.env("PATH", path)
@@ -102,10 +149,17 @@ impl Containerd {
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         let child = cmd.spawn().expect("start containerd");
+        // `unshare` and `sh` exec containerd, so the child's pid is containerd's.
+        let view_root = if settings.state_on_tmpfs {
+            PathBuf::from(format!("/proc/{}/root", child.id()))
+        } else {
+            PathBuf::from("/")
+        };
         let this = Containerd {
             dir,
             child: Some(child),
             namespace,
+            view_root,
         };
         this.wait_ready().await;
         this
@@ -158,9 +212,9 @@ impl Containerd {
 
     /// The bundle containerd made for a task.
     pub fn bundle(&self, id: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("state/io.containerd.runtime.v2.task")
+        let state = self.dir.path().join("state/io.containerd.runtime.v2.task");
+        self.view_root
+            .join(state.strip_prefix("/").unwrap_or(&state))
             .join(&self.namespace)
             .join(id)
     }
@@ -205,19 +259,57 @@ impl Containerd {
         })
     }
 
+    /// Removes what a test left through containerd. Each call is bounded: a shim that fails to
+    /// kill (the very thing a test may catch) must fail the test, not hang the suite; the
+    /// cgroups are emptied by force afterwards.
     fn cleanup_tasks(&self) {
-        let out = self.ctr(&["task", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            self.ctr(&["task", "kill", "-a", "-s", "KILL", id]);
+        let ids = |what: &str| {
+            let out = self.ctr_bounded(&[what, "ls", "-q"]);
+            out.lines().map(str::to_string).collect::<Vec<_>>()
+        };
+        let tasks = ids("task");
+        for id in &tasks {
+            self.ctr_bounded(&["task", "kill", "-a", "-s", "KILL", id]);
         }
         std::thread::sleep(Duration::from_millis(100));
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            self.ctr(&["task", "rm", "-f", id]);
+        for id in &tasks {
+            self.ctr_bounded(&["task", "rm", "-f", id]);
         }
-        let out = self.ctr(&["container", "ls", "-q"]);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            self.ctr(&["container", "rm", id]);
+        for id in ids("container") {
+            self.ctr_bounded(&["container", "rm", &id]);
         }
+    }
+
+    /// `ctr` as [`Self::ctr`], killed after 20 s; its stdout.
+    fn ctr_bounded(&self, args: &[&str]) -> String {
+        let child = Command::new(ctr_binary())
+            .args([
+                "-a",
+                &self.socket().to_string_lossy(),
+                "-n",
+                &self.namespace,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else {
+            return String::new();
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                eprintln!("cleanup: ctr {args:?} still running after 20 s, killed");
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// Removes runtime state that survived (a test that crashed a shim on purpose, say).
@@ -285,11 +377,15 @@ fn remove_cgroups(namespace: &str) {
         .map(|h| h.path().join(namespace))
         .collect();
     dirs.push(Path::new("/sys/fs/cgroup").join(namespace));
+    // The freezer hierarchy first: its processes die only once thawed, and until they are gone
+    // no hierarchy's directory can go.
+    dirs.sort_by_key(|d| !d.starts_with("/sys/fs/cgroup/freezer"));
     for dir in dirs {
         remove_cgroup_tree(&dir);
     }
 }
 
+/// Removes the cgroup at `dir` and below, thawing and killing whatever is still in it.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(children) = std::fs::read_dir(dir) {
         for c in children.flatten() {
@@ -298,7 +394,28 @@ fn remove_cgroup_tree(dir: &Path) {
             }
         }
     }
-    let _ = std::fs::remove_dir(dir);
+    if !dir.exists() {
+        return;
+    }
+    // A frozen process takes its SIGKILL only once thawed (v1 freezer, v2 cgroup.freeze).
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+    for attempt in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        if attempt == 49 {
+            eprintln!("cleanup: could not remove cgroup {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn unmount_below(dir: &Path) {

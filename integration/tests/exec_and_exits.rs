@@ -187,6 +187,35 @@ shim_tests!(kill_all_ends_a_paused_container, |ctx| {
     c.remove("frozen").await;
 });
 
+shim_tests!(kill_all_signals_every_process, |ctx| {
+    let c = &ctx.client;
+    // The init is pid 1 of its namespace with no TERM handler: a TERM for it alone is dropped.
+    // A kill-all also reaches the sleep it waits for, after which it exits with 7.
+    let _io = c.run("tree", &spec::sh("sleep 1000; exit 7")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.pids("tree").await.unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleep never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill("tree", "", libc::SIGTERM as u32, false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.status("tree", "").await.unwrap(), "RUNNING");
+    c.kill("tree", "", libc::SIGTERM as u32, true)
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), c.wait("tree", "")).await;
+    assert_eq!(
+        waited.expect("kill --all did not reach the sleep").unwrap(),
+        7
+    );
+    c.remove("tree").await;
+});
+
 shim_tests!(kill_signals_and_errors, |ctx| {
     let c = &ctx.client;
     let _io = c

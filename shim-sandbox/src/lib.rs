@@ -16,9 +16,11 @@ use libshim::backend::{BundleFile, ProcessIo};
 use libshim::{Backend, BackendError, CheckpointRequest, ContainerInfo, RuntimeOptions};
 
 mod call;
+mod cgroup_dirs;
 mod checkpoint;
 mod executor;
 mod features;
+mod kill_all;
 mod resources;
 mod stopped;
 
@@ -94,8 +96,13 @@ impl Backend for SandboxBackend {
         let sig = Signal::try_from(signal as i32)
             .map_err(|_| BackendError::InvalidArgument(format!("invalid signal {signal}")))?;
         let mut c = load(info)?;
-        // With `all`, libcontainer signals every pid of the container's configured cgroup
-        // (frozen around it, thawed after, as runc does, so a paused container's SIGKILL lands).
+        // With `all`, every pid of the container's configured cgroup is signalled (frozen around
+        // it, thawed after, as runc does, so a paused container's SIGKILL lands).
+        if let (true, Ok(raw)) = (all, nix::sys::signal::Signal::try_from(signal as i32)) {
+            if kill_all::kill_all(&mut c, raw)? {
+                return Ok(());
+            }
+        }
         guarded(|| c.kill(sig, all)).map_err(failed("kill"))
     }
 

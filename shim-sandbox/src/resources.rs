@@ -1,11 +1,12 @@
-//! The container's cgroup, as its config names it: its processes (Pids, kill-all) and new
-//! limits (Update), through the same libcgroups manager libcontainer created it with.
+//! The container's cgroup, as its config names it: its processes (Pids) and new limits
+//! (Update), through the same libcgroups manager libcontainer created it with.
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
 use libcontainer::container::Container;
 use libcontainer::oci_spec::runtime::LinuxResources;
 use libshim::BackendError;
 
 use crate::call::failed;
+use crate::cgroup_dirs;
 
 fn manager(c: &Container, action: &'static str) -> Result<AnyCgroupManager, BackendError> {
     let cgroup_path = c.spec().map_err(failed(action))?.cgroup_path;
@@ -18,9 +19,17 @@ fn manager(c: &Container, action: &'static str) -> Result<AnyCgroupManager, Back
 }
 
 /// Every pid in the container's cgroup; found from the config, not from the init's pid, so
-/// it still works once the init has exited (what a kill-all is for).
+/// it still works once the init has exited. On v1 read where the manager would read (the
+/// devices hierarchy) without building one.
 pub fn procs(c: &Container) -> Result<Vec<u32>, BackendError> {
-    let pids = manager(c, "pids")?.get_all_pids().map_err(failed("pids"))?;
+    let cgroup_path = c.spec().map_err(failed("pids"))?.cgroup_path;
+    let devices = (!c.systemd())
+        .then(|| cgroup_dirs::v1(&cgroup_path, "devices"))
+        .flatten();
+    let pids = match devices {
+        Some(dir) => libcgroups::common::get_all_pids(&dir).map_err(failed("pids"))?,
+        None => manager(c, "pids")?.get_all_pids().map_err(failed("pids"))?,
+    };
     Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
 }
 

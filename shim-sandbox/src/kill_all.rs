@@ -1,0 +1,88 @@
+//! Kill with `all` on a cgroup v1 host without a libcgroups manager (see `cgroup_dirs`): the
+//! steps of libcontainer's, as runc takes them too: freeze the freezer cgroup so nothing forks
+//! meanwhile, signal every pid of the container's cgroup, thaw (which also lets a paused
+//! container's processes take a SIGKILL). A v2 manager costs nothing to build, so on v2, with
+//! systemd or with a path `cgroup_dirs` does not handle, libcontainer does it.
+use std::path::Path;
+use std::time::Duration;
+
+use libcontainer::container::{Container, ContainerStatus};
+use libshim::BackendError;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::call::failed;
+use crate::cgroup_dirs;
+
+/// Signals every process of `c`; false, having done nothing, when libcontainer should.
+pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError> {
+    c.refresh_status().map_err(failed("kill"))?;
+    // libcontainer refuses other states (Creating) with its own error.
+    if !(c.can_kill() || c.status() == ContainerStatus::Stopped) || c.systemd() {
+        return Ok(false);
+    }
+    let Ok(config) = c.spec() else {
+        return Ok(false);
+    };
+    let path = &config.cgroup_path;
+    let (Some(freezer), Some(devices)) = (
+        cgroup_dirs::v1(path, "freezer"),
+        cgroup_dirs::v1(path, "devices"),
+    ) else {
+        return Ok(false);
+    };
+    let frozen = freeze(&freezer);
+    // libcgroups lists the pids from the devices hierarchy, whole subtree included.
+    let signalled = libcgroups::common::get_all_pids(&devices)
+        .map_err(failed("kill (list the cgroup's pids)"))
+        .and_then(|pids| {
+            pids.into_iter()
+                // (libcgroups' Pid is another nix version's.)
+                .map(|pid| Pid::from_raw(pid.as_raw()))
+                .try_for_each(|pid| match kill(pid, signal) {
+                    Ok(()) | Err(Errno::ESRCH) => Ok(()),
+                    Err(e) => Err(BackendError::io(format!("signal pid {pid}"), e.into())),
+                })
+        });
+    // Thawed even when listing or signalling failed: a cgroup left frozen hangs the container.
+    if frozen || freezer.exists() {
+        thaw(&freezer);
+    }
+    signalled?;
+    // As libcontainer's kill, which the next status refresh corrects if a process lives on.
+    c.set_status(ContainerStatus::Stopped)
+        .save()
+        .map_err(failed("kill"))?;
+    Ok(true)
+}
+
+/// Freezes the v1 freezer cgroup at `dir`, rewriting FROZEN while the kernel reports FREEZING
+/// (it gives up on a task it cannot stop and needs asking again). Best effort, as in
+/// libcontainer: signalling goes ahead unfrozen.
+fn freeze(dir: &Path) -> bool {
+    let state = dir.join("freezer.state");
+    for attempt in 1..=100 {
+        if std::fs::write(&state, "FROZEN").is_err() {
+            return false;
+        }
+        match std::fs::read_to_string(&state) {
+            Ok(s) if s.trim() == "FROZEN" => return true,
+            Ok(s) if s.trim() == "FREEZING" => {
+                if attempt % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            _ => break,
+        }
+    }
+    log::warn!("could not freeze {}; signalling unfrozen", dir.display());
+    thaw(dir);
+    false
+}
+
+fn thaw(dir: &Path) {
+    if let Err(e) = std::fs::write(dir.join("freezer.state"), "THAWED") {
+        log::warn!("thaw {}: {e}", dir.display());
+    }
+}
