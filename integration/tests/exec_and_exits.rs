@@ -216,6 +216,57 @@ shim_tests!(kill_all_signals_every_process, |ctx| {
     c.remove("tree").await;
 });
 
+shim_tests!(kill_all_in_a_joined_pid_namespace, |ctx| {
+    let c = &ctx.client;
+    let _owner_io = c.run("owner", &spec::spec(&["sleep", "1000"])).await;
+    let owner = c.pids("owner").await.unwrap()[0].0;
+    // A second container in the owner's PID namespace: its init is not that namespace's pid 1,
+    // so killing the init alone would leave its child running; a kill-all must take both.
+    let mut member = spec::sh("sleep 1000 & sleep 1000");
+    for ns in member["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "pid" {
+            ns["path"] = serde_json::json!(format!("/proc/{owner}/ns/pid"));
+        }
+    }
+    let _member_io = c.run("member", &member).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pids = loop {
+        let pids: Vec<u32> = c
+            .pids("member")
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.0)
+            .collect();
+        if pids.len() >= 2 {
+            break pids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member's child never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.kill("member", "", libc::SIGKILL as u32, true)
+        .await
+        .unwrap();
+    assert_eq!(c.wait("member", "").await.unwrap(), 137);
+    // Gone or a zombie (the namespace's init, the owner's sleep, does not reap).
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left: Vec<&u32> = pids.iter().filter(|p| alive(p)).collect();
+    assert!(left.is_empty(), "still running after kill --all: {left:?}");
+    assert_eq!(c.status("owner", "").await.unwrap(), "RUNNING");
+    c.delete_task("member").await.unwrap();
+    c.remove("owner").await;
+});
+
 shim_tests!(kill_signals_and_errors, |ctx| {
     let c = &ctx.client;
     let _io = c

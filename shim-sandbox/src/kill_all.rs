@@ -3,6 +3,11 @@
 //! meanwhile, signal every pid of the container's cgroup, thaw (which also lets a paused
 //! container's processes take a SIGKILL). A v2 manager costs nothing to build, so on v2, with
 //! systemd or with a path `cgroup_dirs` does not handle, libcontainer does it.
+//!
+//! A SIGKILL for an init that is pid 1 of its own PID namespace needs no freezing: the kernel
+//! kills every other process of that namespace with it (pid_namespaces(7)), as runc 1.2 relies
+//! on too. Freezing is not free: each freeze and thaw flips a kernel static key, patching code
+//! on every CPU.
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +37,23 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
     ) else {
         return Ok(false);
     };
+    let init = c
+        .pid()
+        .filter(|_| c.can_kill())
+        .map(|p| Pid::from_raw(p.as_raw()));
+    if let (Signal::SIGKILL, Some(init)) = (signal, init) {
+        if is_pid_namespace_init(init) {
+            match kill(init, signal) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(BackendError::io(format!("signal pid {init}"), e.into())),
+            }
+            // A frozen process takes its SIGKILL once thawed.
+            if c.status() == ContainerStatus::Paused {
+                thaw(&freezer);
+            }
+            return mark_stopped(c);
+        }
+    }
     let frozen = freeze(&freezer);
     // libcgroups lists the pids from the devices hierarchy, whole subtree included.
     let signalled = libcgroups::common::get_all_pids(&devices)
@@ -50,11 +72,26 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
         thaw(&freezer);
     }
     signalled?;
-    // As libcontainer's kill, which the next status refresh corrects if a process lives on.
+    mark_stopped(c)
+}
+
+/// As libcontainer's kill does after signalling; the next status refresh corrects it if the
+/// init lives on.
+fn mark_stopped(c: &mut Container) -> Result<bool, BackendError> {
     c.set_status(ContainerStatus::Stopped)
         .save()
         .map_err(failed("kill"))?;
     Ok(true)
+}
+
+/// Whether `pid` is pid 1 of a PID namespace below ours: its `NSpid` ends in 1.
+fn is_pid_namespace_init(pid: Pid) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
+        .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
 }
 
 /// Freezes the v1 freezer cgroup at `dir`, rewriting FROZEN while the kernel reports FREEZING
