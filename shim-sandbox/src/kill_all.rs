@@ -42,7 +42,8 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
         .filter(|_| c.can_kill())
         .map(|p| Pid::from_raw(p.as_raw()));
     if let (Signal::SIGKILL, Some(init)) = (signal, init) {
-        if is_pid_namespace_init(init) {
+        // Still the container's own init (a reaped init's pid may have been reused)?
+        if in_cgroup(init, &devices) && is_pid_namespace_init(init) {
             match kill(init, signal) {
                 Ok(()) | Err(Errno::ESRCH) => {}
                 Err(e) => return Err(BackendError::io(format!("signal pid {init}"), e.into())),
@@ -82,6 +83,13 @@ fn mark_stopped(c: &mut Container) -> Result<bool, BackendError> {
         .save()
         .map_err(failed("kill"))?;
     Ok(true)
+}
+
+/// Whether `pid` is a member of the cgroup at `dir` itself.
+fn in_cgroup(pid: Pid, dir: &Path) -> bool {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pid = pid.as_raw().to_string();
+    procs.lines().any(|l| l.trim() == pid)
 }
 
 /// Whether `pid` is pid 1 of a PID namespace below ours: its `NSpid` ends in 1.
