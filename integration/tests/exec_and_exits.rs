@@ -146,13 +146,35 @@ shim_tests!(init_exit_waits_for_exec_exits, |ctx| {
 shim_tests!(pause_and_resume, |ctx| {
     let c = &ctx.client;
     let events = Recorder::start(c).await;
-    let _io = c.run("p", &spec::spec(&["sleep", "1000"])).await;
+    // A counter the container rewrites every 20 ms in its own /dev/shm, read through its root.
+    let counter = "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/n; sleep 0.02; done";
+    let _io = c.run("p", &spec::sh(counter)).await;
+    let pid = c.pids("p").await.unwrap()[0].0;
+    let read =
+        || std::fs::read_to_string(format!("/proc/{pid}/root/dev/shm/n")).unwrap_or_default();
+    let changes = |from: String| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read() == from {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the counter stays at {from:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    changes(String::new()).await;
     c.pause("p").await.unwrap();
     assert_eq!(c.status("p", "").await.unwrap(), "PAUSED");
+    // Frozen for real: the counter stands still while paused.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let paused_at = read();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read(), paused_at, "the container ran while paused");
     // Pausing twice is a state error, not a runtime failure.
     assert_code(c.pause("p").await, Code::FailedPrecondition, "paused");
     c.resume("p").await.unwrap();
     assert_eq!(c.status("p", "").await.unwrap(), "RUNNING");
+    changes(paused_at).await;
     events
         .wait_for("resumed", |e| e.iter().any(|e| e.topic == "/tasks/resumed"))
         .await;

@@ -1,5 +1,5 @@
-//! Kill with `all` on a cgroup v1 host without a libcgroups manager (see `cgroup_dirs`): the
-//! steps of libcontainer's, as runc takes them too: freeze the freezer cgroup so nothing forks
+//! Kill with `all` on a cgroup v1 host without a libcgroups manager (see `cgroup_dirs` and
+//! `freezer`): the steps of libcontainer's, as runc takes them too: freeze so nothing forks
 //! meanwhile, signal every pid of the container's cgroup, thaw (which also lets a paused
 //! container's processes take a SIGKILL). A v2 manager costs nothing to build, so on v2, with
 //! systemd or with a path `cgroup_dirs` does not handle, libcontainer does it.
@@ -9,7 +9,6 @@
 //! on too. Freezing is not free: each freeze and thaw flips a kernel static key, patching code
 //! on every CPU.
 use std::path::Path;
-use std::time::Duration;
 
 use libcontainer::container::{Container, ContainerStatus};
 use libshim::BackendError;
@@ -19,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::call::failed;
 use crate::cgroup_dirs;
+use crate::freezer::{freeze, thaw};
 
 /// Signals every process of `c`; false, having done nothing, when libcontainer should.
 pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError> {
@@ -50,12 +50,19 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
             }
             // A frozen process takes its SIGKILL once thawed.
             if c.status() == ContainerStatus::Paused {
-                thaw(&freezer);
+                thaw(&freezer)?;
             }
             return mark_stopped(c);
         }
     }
-    let frozen = freeze(&freezer);
+    // Best effort, as in libcontainer: signalling goes ahead unfrozen.
+    let frozen = match freeze(&freezer) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("{e}; signalling unfrozen");
+            false
+        }
+    };
     // libcgroups lists the pids from the devices hierarchy, whole subtree included.
     let signalled = libcgroups::common::get_all_pids(&devices)
         .map_err(failed("kill (list the cgroup's pids)"))
@@ -70,7 +77,9 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
         });
     // Thawed even when listing or signalling failed: a cgroup left frozen hangs the container.
     if frozen || freezer.exists() {
-        thaw(&freezer);
+        if let Err(e) = thaw(&freezer) {
+            log::warn!("{e}");
+        }
     }
     signalled?;
     mark_stopped(c)
@@ -100,34 +109,4 @@ fn is_pid_namespace_init(pid: Pid) -> bool {
         .find_map(|l| l.strip_prefix("NSpid:"))
         .map(|ids| ids.split_whitespace().collect::<Vec<_>>())
         .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&"1"))
-}
-
-/// Freezes the v1 freezer cgroup at `dir`, rewriting FROZEN while the kernel reports FREEZING
-/// (it gives up on a task it cannot stop and needs asking again). Best effort, as in
-/// libcontainer: signalling goes ahead unfrozen.
-fn freeze(dir: &Path) -> bool {
-    let state = dir.join("freezer.state");
-    for attempt in 1..=100 {
-        if std::fs::write(&state, "FROZEN").is_err() {
-            return false;
-        }
-        match std::fs::read_to_string(&state) {
-            Ok(s) if s.trim() == "FROZEN" => return true,
-            Ok(s) if s.trim() == "FREEZING" => {
-                if attempt % 10 == 0 {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            _ => break,
-        }
-    }
-    log::warn!("could not freeze {}; signalling unfrozen", dir.display());
-    thaw(dir);
-    false
-}
-
-fn thaw(dir: &Path) {
-    if let Err(e) = std::fs::write(dir.join("freezer.state"), "THAWED") {
-        log::warn!("thaw {}: {e}", dir.display());
-    }
 }

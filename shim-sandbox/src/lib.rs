@@ -20,6 +20,7 @@ mod cgroup_dirs;
 mod checkpoint;
 mod executor;
 mod features;
+mod freezer;
 mod kill_all;
 mod resources;
 mod stopped;
@@ -108,11 +109,17 @@ impl Backend for SandboxBackend {
 
     async fn pause(&self, info: &ContainerInfo) -> Result<(), BackendError> {
         let mut c = load(info)?;
+        if freezer::pause(&mut c)? {
+            return Ok(());
+        }
         guarded(|| c.pause()).map_err(failed("pause"))
     }
 
     async fn resume(&self, info: &ContainerInfo) -> Result<(), BackendError> {
         let mut c = load(info)?;
+        if freezer::resume(&mut c)? {
+            return Ok(());
+        }
         guarded(|| c.resume()).map_err(failed("resume"))
     }
 
