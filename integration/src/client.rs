@@ -1,5 +1,6 @@
 //! containerd's gRPC API for tests, namespaced, with our shim as the runtime.
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::*;
@@ -320,6 +321,22 @@ impl Client {
         let out = io.stdout_text();
         self.delete_process(id, exec_id).await.expect("delete exec");
         (status, out)
+    }
+
+    /// The pids of the container once it has at least `n` processes (panics after 10 s).
+    pub async fn wait_for_pids(&self, id: &str, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<u32> = self.pids(id).await.unwrap().iter().map(|p| p.0).collect();
+            if pids.len() >= n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never had {n} processes: {pids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// (pid, exec id) of every process in the container.

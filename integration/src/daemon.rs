@@ -219,19 +219,23 @@ impl Containerd {
             .join(id)
     }
 
+    /// `ctr` against this daemon and namespace, stdin closed.
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ctr_binary());
+        cmd.args([
+            "-a",
+            &self.socket().to_string_lossy(),
+            "-n",
+            &self.namespace,
+        ])
+        .args(args)
+        .stdin(Stdio::null());
+        cmd
+    }
+
     /// Runs `ctr` against this daemon and namespace.
     pub fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new(ctr_binary())
-            .args([
-                "-a",
-                &self.socket().to_string_lossy(),
-                "-n",
-                &self.namespace,
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ctr")
+        self.ctr_command(args).output().expect("run ctr")
     }
 
     /// Pids of shim processes started by this daemon (they carry its address).
@@ -282,15 +286,8 @@ impl Containerd {
 
     /// `ctr` as [`Self::ctr`], killed after 20 s; its stdout.
     fn ctr_bounded(&self, args: &[&str]) -> String {
-        let child = Command::new(ctr_binary())
-            .args([
-                "-a",
-                &self.socket().to_string_lossy(),
-                "-n",
-                &self.namespace,
-            ])
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .ctr_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn();

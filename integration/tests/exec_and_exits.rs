@@ -214,14 +214,7 @@ shim_tests!(kill_all_signals_every_process, |ctx| {
     // The init is pid 1 of its namespace with no TERM handler: a TERM for it alone is dropped.
     // A kill-all also reaches the sleep it waits for, after which it exits with 7.
     let _io = c.run("tree", &spec::sh("sleep 1000; exit 7")).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while c.pids("tree").await.unwrap().len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sleep never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.wait_for_pids("tree", 2).await;
     c.kill("tree", "", libc::SIGTERM as u32, false)
         .await
         .unwrap();
@@ -251,24 +244,7 @@ shim_tests!(kill_all_in_a_joined_pid_namespace, |ctx| {
         }
     }
     let _member_io = c.run("member", &member).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let pids = loop {
-        let pids: Vec<u32> = c
-            .pids("member")
-            .await
-            .unwrap()
-            .iter()
-            .map(|p| p.0)
-            .collect();
-        if pids.len() >= 2 {
-            break pids;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the member's child never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pids = c.wait_for_pids("member", 2).await;
     c.kill("member", "", libc::SIGKILL as u32, true)
         .await
         .unwrap();
