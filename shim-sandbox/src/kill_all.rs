@@ -56,13 +56,9 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
         }
     }
     // Best effort, as in libcontainer: signalling goes ahead unfrozen.
-    let frozen = match freeze(&freezer) {
-        Ok(()) => true,
-        Err(e) => {
-            log::warn!("{e}; signalling unfrozen");
-            false
-        }
-    };
+    if let Err(e) = freeze(&freezer) {
+        log::warn!("{e}; signalling unfrozen");
+    }
     // libcgroups lists the pids from the devices hierarchy, whole subtree included.
     let signalled = libcgroups::common::get_all_pids(&devices)
         .map_err(failed("kill (list the cgroup's pids)"))
@@ -76,7 +72,7 @@ pub fn kill_all(c: &mut Container, signal: Signal) -> Result<bool, BackendError>
                 })
         });
     // Thawed even when listing or signalling failed: a cgroup left frozen hangs the container.
-    if frozen || freezer.exists() {
+    if freezer.exists() {
         if let Err(e) = thaw(&freezer) {
             log::warn!("{e}");
         }
