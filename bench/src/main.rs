@@ -2,7 +2,7 @@
 //! one private containerd. Prints a table, writes JSON and an SVG chart.
 //!
 //! Usage: shim-bench [--quick] [--runs N] [--out DIR] [--shims LIST] [--phases LIST]
-//!                   [--containerd-debug] [--state-on-disk]
+//!                   [--containerd-debug] [--state-on-disk] [--cgroup-v2]
 //! LIST is comma-separated: shims among runc.v2,runc.rs-v2,sandbox.v2 (runtime type without
 //! `io.containerd.`), phases among latency,throughput,cpu,memory. All by default; a subset is
 //! for profiling one part (e.g. `perf record -a` around `--shims sandbox.v2 --phases throughput`).
@@ -11,6 +11,8 @@
 //! on a tmpfs (mounted in its own mount namespace, as `/run` is on any systemd host).
 //! `--containerd-debug` and `--state-on-disk` measure with debug logs (which also reach the
 //! shims as `-debug`) and with the state on this machine's own `/run` and `/tmp` instead.
+//! `--cgroup-v2` shows containerd (and so the shims and runc) the cgroup v2 hierarchy alone on
+//! a hybrid host: a pure v2 host's code paths, without the controllers v1 holds.
 mod chart;
 mod memory;
 
@@ -38,19 +40,23 @@ struct Config {
 }
 
 const USAGE: &str = "usage: shim-bench [--quick] [--runs N] [--out DIR] [--shims LIST] \
-                     [--phases LIST] [--containerd-debug] [--state-on-disk]";
+                     [--phases LIST] [--containerd-debug] [--state-on-disk] [--cgroup-v2]";
+const PHASES: [&str; 4] = ["latency", "throughput", "cpu", "memory"];
+
+/// Ends the run on a command line it cannot follow, naming what is wrong.
+fn refuse(what: &str) -> ! {
+    eprintln!("shim-bench: {what}\n{USAGE}");
+    std::process::exit(2);
+}
 
 fn config() -> Config {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
-            "--quick" | "--containerd-debug" | "--state-on-disk" => {}
+            "--quick" | "--containerd-debug" | "--state-on-disk" | "--cgroup-v2" => {}
             "--runs" | "--out" | "--shims" | "--phases" if rest.next().is_some() => {}
-            _ => {
-                eprintln!("shim-bench: unexpected argument {a:?}\n{USAGE}");
-                std::process::exit(2);
-            }
+            _ => refuse(&format!("unexpected argument {a:?}")),
         }
     }
     let flag = |f: &str| args.iter().any(|a| a == f);
@@ -65,20 +71,34 @@ fn config() -> Config {
         |flag: &str| value(flag).map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>());
     let shims = match list("--shims") {
         None => SHIMS.to_vec(),
-        Some(names) => SHIMS
-            .into_iter()
-            .filter(|s| {
-                names
-                    .iter()
-                    .any(|n| s.runtime_type() == format!("io.containerd.{n}"))
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                SHIMS
+                    .into_iter()
+                    .find(|s| s.runtime_type() == format!("io.containerd.{n}"))
+                    .unwrap_or_else(|| refuse(&format!("unknown shim {n:?} in --shims")))
             })
             .collect(),
     };
-    let phases = list("--phases").unwrap_or_else(|| {
-        ["latency", "throughput", "cpu", "memory"]
-            .map(String::from)
-            .to_vec()
-    });
+    let phases = list("--phases").unwrap_or_else(|| PHASES.map(String::from).to_vec());
+    if let Some(p) = phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+        refuse(&format!("unknown phase {p:?} in --phases"));
+    }
+    let runs = match value("--runs") {
+        None => {
+            if quick {
+                5
+            } else {
+                100
+            }
+        }
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| refuse(&format!("--runs wants a positive count, not {v:?}"))),
+    };
     Config {
         daemon: Settings {
             log_level: if flag("--containerd-debug") {
@@ -87,12 +107,11 @@ fn config() -> Config {
                 "info"
             },
             state_on_tmpfs: !flag("--state-on-disk"),
+            cgroup_v2: flag("--cgroup-v2"),
         },
         shims,
         phases,
-        runs: value("--runs")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 5 } else { 100 }),
+        runs,
         memory_counts: if quick { vec![3] } else { vec![10, 50] },
         throughput_containers: if quick { 8 } else { 50 },
         throughput_rounds: if quick { 1 } else { 3 },
@@ -394,6 +413,7 @@ async fn main() {
         "containerd": containerd_version(),
         "containerd_log_level": cfg.daemon.log_level,
         "containerd_state_on_tmpfs": cfg.daemon.state_on_tmpfs,
+        "cgroup_v2_view": cfg.daemon.cgroup_v2,
         "latency": latency_out,
         "throughput_containers_per_s": throughput_out,
         "throughput_rounds_containers_per_s": throughput_rounds,

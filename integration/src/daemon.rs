@@ -26,6 +26,8 @@ pub struct Containerd {
     /// Where containerd's files are seen from here: its state may sit on a tmpfs mounted in
     /// its own mount namespace, reached through `/proc/PID/root`.
     view_root: PathBuf,
+    /// Whether containerd sees the cgroup v2 hierarchy alone ([`Settings::cgroup_v2`]).
+    cgroup_v2: bool,
 }
 
 /// How the private containerd runs.
@@ -36,6 +38,10 @@ pub struct Settings {
     /// Puts containerd's state and `/run/containerd` (shim sockets, runtime roots) on a tmpfs
     /// in containerd's mount namespace, as `/run` is on a host with systemd.
     pub state_on_tmpfs: bool,
+    /// Mounts the cgroup v2 hierarchy on `/sys/fs/cgroup` in containerd's mount namespace, so
+    /// that containerd, the shims and the runtimes see a pure cgroup v2 host on a hybrid one
+    /// (no controllers are enabled there unless the host has left some to v2).
+    pub cgroup_v2: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +50,7 @@ impl Default for Settings {
         Settings {
             log_level: "debug",
             state_on_tmpfs: false,
+            cgroup_v2: cgroup_v2_requested(),
         }
     }
 }
@@ -54,6 +61,22 @@ fn containerd_binary() -> String {
 
 fn ctr_binary() -> String {
     std::env::var("CTR_BIN").unwrap_or_else(|_| CTR.to_string())
+}
+
+/// `INTEGRATION_CGROUP=v2` runs the tests' containerd on a pure cgroup v2 view of a hybrid
+/// host (see [`Settings::cgroup_v2`]).
+pub fn cgroup_v2_requested() -> bool {
+    std::env::var("INTEGRATION_CGROUP").is_ok_and(|v| v == "v2")
+}
+
+/// The cgroup v2 hierarchy as this process sees it: `/sys/fs/cgroup` on a pure v2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn host_cgroup_v2_root() -> PathBuf {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    }
 }
 
 fn needs_cgroup_mask() -> bool {
@@ -110,7 +133,10 @@ impl Containerd {
         let config = d.join("config.toml");
         // Mounts made in containerd's private mount namespace before it starts.
         let mut mounts = Vec::new();
-        if needs_cgroup_mask() {
+        let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if settings.cgroup_v2 && !pure_v2 {
+            mounts.push("mount -t cgroup2 cgroup2 /sys/fs/cgroup".to_string());
+        } else if needs_cgroup_mask() {
             let empty = d.join("empty");
             std::fs::write(&empty, "").expect("mask file");
             mounts.push(format!(
@@ -160,9 +186,28 @@ impl Containerd {
             child: Some(child),
             namespace,
             view_root,
+            cgroup_v2: settings.cgroup_v2 || pure_v2,
         };
         this.wait_ready().await;
+        if this.cgroup_v2 {
+            let seen = format!("/proc/{}/root/sys/fs/cgroup/cgroup.controllers", this.pid());
+            assert!(
+                Path::new(&seen).exists(),
+                "containerd should see the cgroup v2 hierarchy at /sys/fs/cgroup"
+            );
+        }
         this
+    }
+
+    /// The controllers containerd's cgroup v2 hierarchy offers, or `None` when containerd
+    /// sees cgroup v1 (where the tests' controllers are all present).
+    pub fn cgroup_v2_controllers(&self) -> Option<Vec<String>> {
+        if !self.cgroup_v2 {
+            return None;
+        }
+        let list = std::fs::read_to_string(host_cgroup_v2_root().join("cgroup.controllers"))
+            .unwrap_or_default();
+        Some(list.split_whitespace().map(str::to_string).collect())
     }
 
     async fn wait_ready(&self) {

@@ -24,6 +24,16 @@ pub fn is_root() -> bool {
     root
 }
 
+/// Whether this process holds capability `cap` (its bit in `CapEff` of /proc/self/status).
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|set| set & (1 << cap) != 0)
+}
+
 /// Runs one test body for each shim × runtime binary, each against its own containerd:
 /// the runc shim with runc and with crun, and the sandbox shim (libcontainer in-process).
 ///

@@ -71,12 +71,36 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// Whether containerd sees a cgroup v2 hierarchy without `controller`, as it does in the
+    /// v2 view of a hybrid host, where v1 holds the controllers.
+    pub fn lacks_controller(&self, controller: &str) -> bool {
+        self.containerd
+            .cgroup_v2_controllers()
+            .is_some_and(|c| !c.iter().any(|have| have == controller))
+    }
+
+    /// Whether the test can run here: false, with the skip recorded, when containerd's cgroup
+    /// v2 hierarchy lacks one of `controllers` (the cgroup v1 run of the suite covers it).
+    pub fn has_controllers(&self, controllers: &[&str]) -> bool {
+        match controllers.iter().find(|c| self.lacks_controller(c)) {
+            Some(missing) => {
+                skip(&format!("cgroup v2 offers no {missing} controller here"));
+                false
+            }
+            None => true,
+        }
+    }
+
     /// `ctr run --rm` of `cmd` in the busybox rootfs through the shim under test, with `extra`
     /// flags; panics with ctr's stderr if it fails. Returns stdout.
     pub fn ctr_run(&self, id: &str, extra: &[&str], cmd: &[&str]) -> String {
         let rootfs = crate::rootfs::busybox().to_string_lossy().into_owned();
         let mut args = vec!["run", "--rm", "--env", "PATH=/bin"];
         args.extend_from_slice(extra);
+        // ctr asks for 1024 CPU shares by default, which runtimes write to `cpu.weight` on v2.
+        if self.lacks_controller("cpu") {
+            args.extend_from_slice(&["--cpu-shares", "0"]);
+        }
         args.extend_from_slice(&[
             "--runtime",
             self.shim.runtime_type(),
@@ -95,6 +119,9 @@ impl Ctx {
     }
 }
 
+/// capability(7) number of CAP_SYS_RESOURCE.
+const CAP_SYS_RESOURCE: u32 = 24;
+
 pub async fn run<F, Fut>(shim: Shim, binary: Binary, body: F)
 where
     F: FnOnce(Ctx) -> Fut,
@@ -112,6 +139,14 @@ where
         );
     }
     let containerd = Containerd::start().await;
+    // crun raises RLIMIT_MEMLOCK for its cgroup v2 device filter, which root cannot do here.
+    if binary == Binary::Crun
+        && containerd.cgroup_v2_controllers().is_some()
+        && !crate::has_capability(CAP_SYS_RESOURCE)
+    {
+        skip("crun on cgroup v2 needs CAP_SYS_RESOURCE (RLIMIT_MEMLOCK), which root lacks here");
+        return;
+    }
     let client = Client::new(&containerd, shim, binary).await;
     body(Ctx {
         shim,
@@ -120,4 +155,24 @@ where
         client,
     })
     .await
+}
+
+/// Records that the running test did not run here, and why: on stderr, and in the file
+/// `$INTEGRATION_SKIP_LOG` names, so that the suite's summary counts skips apart from passes.
+pub fn skip(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("skipped {test}: {reason}");
+    if let Some(log) = std::env::var_os("INTEGRATION_SKIP_LOG") {
+        use std::io::Write;
+        let line = format!("{test}: {reason}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        appended.expect("append to $INTEGRATION_SKIP_LOG");
+    }
 }

@@ -207,11 +207,11 @@ shim_tests!(serving_shim_is_detached_and_named_as_a_server, |ctx| {
 shim_tests!(shim_cgroup_option_places_the_shim, |ctx| {
     let c = &ctx.client;
     let ns = ctx.containerd.namespace.clone();
-    let unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let dir = if unified {
-        format!("/sys/fs/cgroup/{ns}/shim")
+    // The shim joins the cgroup in every hierarchy containerd sees; it must exist in one.
+    let dir = if ctx.containerd.cgroup_v2_controllers().is_some() {
+        integration::daemon::host_cgroup_v2_root().join(format!("{ns}/shim"))
     } else {
-        format!("/sys/fs/cgroup/memory/{ns}/shim")
+        std::path::PathBuf::from(format!("/sys/fs/cgroup/memory/{ns}/shim"))
     };
     std::fs::create_dir_all(&dir).unwrap();
     let opts = integration::client::Options {

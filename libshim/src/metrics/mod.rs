@@ -11,6 +11,7 @@ macro_rules! copy_fields {
     (@key $field:ident, $key:literal) => { $key };
 }
 
+mod leftover;
 mod oom;
 mod v1;
 mod v2;

@@ -661,6 +661,10 @@ impl<B: Backend> TaskService<B> {
             )));
         }
         self.inner.backend.delete(&c.info, true).await?;
+        // A systemd scope is systemd's to remove.
+        if let (Some(cgroup), false) = (&c.cgroup, c.info.options.systemd_cgroup) {
+            cgroup.remove_leftover().await;
+        }
         c.init.apply(Event::Delete)?;
         if let Some(mut stdio) = c.init.stdio.take() {
             stdio.wait_drained(DRAIN_LIMIT).await;
