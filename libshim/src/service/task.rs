@@ -46,6 +46,9 @@ struct Container {
     execs: HashMap<String, Process>,
     /// The init's exit, held back until no exec is running.
     held_init_exit: Option<Exit>,
+    /// Whether the container's processes outlive its init (see [`outlives_init`]): then they
+    /// are killed when it exits, as containerd's Go shim does.
+    kill_all_on_exit: bool,
     /// The container's cgroup, for Stats and OOM events; found from the init's pid.
     cgroup: Option<Cgroup>,
     /// The cgroup's OOM-kill count already reported as TaskOOM.
@@ -190,23 +193,25 @@ impl<B: Backend> TaskService<B> {
             return;
         };
         let mut c = c.lock().await;
-        self.apply_exit(&mut c, &owner.exec_id, exit);
+        self.apply_exit(&mut c, &owner.exec_id, exit).await;
     }
 
     /// Records an exit and publishes it, holding the init's back while execs run.
-    fn apply_exit(&self, c: &mut Container, exec_id: &str, exit: Exit) {
+    async fn apply_exit(&self, c: &mut Container, exec_id: &str, exit: Exit) {
         // An OOM kill must be reported before the exit it caused.
         self.report_oom(c);
         if exec_id.is_empty() {
+            // With its own PID namespace the kernel takes every process with the init.
+            // Without one, containerd expects them gone before it hears of the exit.
+            if c.kill_all_on_exit {
+                self.kill_remaining(&c.info).await;
+            }
             if c.running_execs() > 0 {
                 log::debug!(
                     "container {}: init exited, waiting for its execs",
                     c.info.id
                 );
                 c.held_init_exit = Some(exit);
-                // Without a pid namespace the execs outlive the init; containerd expects
-                // them gone with it.
-                self.kill_all_in_background(&c.info);
                 return;
             }
             self.finish_exit(&mut c.init, exit);
@@ -295,19 +300,16 @@ impl<B: Backend> TaskService<B> {
         );
     }
 
-    fn kill_all_in_background(&self, info: &ContainerInfo) {
-        let this = self.clone();
-        let info = info.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this
-                .inner
-                .backend
-                .kill(&info, libc::SIGKILL as u32, true)
-                .await
-            {
-                log::debug!("container {}: kill remaining processes: {e}", info.id);
-            }
-        });
+    /// SIGKILL to every process of the container (the runtime's kill --all).
+    async fn kill_remaining(&self, info: &ContainerInfo) {
+        let killed = self
+            .inner
+            .backend
+            .kill(info, libc::SIGKILL as u32, true)
+            .await;
+        if let Err(e) = killed {
+            log::warn!("container {}: kill what the init left: {e}", info.id);
+        }
     }
 
     // ---- Create ----
@@ -356,6 +358,7 @@ impl<B: Backend> TaskService<B> {
     async fn create_container(&self, req: &CreateTaskRequest) -> Result<(Container, u32)> {
         let bundle = PathBuf::from(&req.bundle);
         let spec = check_bundle(&bundle)?;
+        let kill_all_on_exit = outlives_init(&spec);
         let mut options = RuntimeOptions::from_any(req.options.as_ref())?;
         // In a user namespace the container's root is some other host user: it must be able
         // to use its stdio.
@@ -405,6 +408,7 @@ impl<B: Backend> TaskService<B> {
                 init,
                 execs: HashMap::new(),
                 held_init_exit: None,
+                kill_all_on_exit,
                 cgroup: None,
                 oom_kills_reported: 0,
                 restore: Some(restore),
@@ -442,6 +446,7 @@ impl<B: Backend> TaskService<B> {
             init,
             execs: HashMap::new(),
             held_init_exit: None,
+            kill_all_on_exit,
             cgroup,
             oom_kills_reported,
             restore: None,
@@ -449,7 +454,7 @@ impl<B: Backend> TaskService<B> {
         };
         self.publish_create(req, pid);
         if let Some(exit) = early {
-            self.apply_exit(&mut container, "", exit);
+            self.apply_exit(&mut container, "", exit).await;
         }
         Ok((container, pid))
     }
@@ -555,7 +560,7 @@ impl<B: Backend> TaskService<B> {
             },
         );
         if let Some(exit) = early {
-            self.apply_exit(c, "", exit);
+            self.apply_exit(c, "", exit).await;
         }
         Ok(())
     }
@@ -630,7 +635,7 @@ impl<B: Backend> TaskService<B> {
             },
         );
         if let Some(exit) = early {
-            self.apply_exit(c, exec_id, exit);
+            self.apply_exit(c, exec_id, exit).await;
         }
         Ok(pid)
     }
@@ -1100,6 +1105,16 @@ pub fn validate_id(id: &str) -> Result<()> {
 }
 
 /// The host uid and gid the container's root maps to (0, 0 without a user namespace).
+/// Whether the container's processes outlive its init: without a PID namespace of its own
+/// (none in the spec: the host's; or one joined by path) the kernel does not end them with it.
+fn outlives_init(spec: &serde_json::Value) -> bool {
+    let own_pid_namespace = spec["linux"]["namespaces"].as_array().is_some_and(|all| {
+        all.iter()
+            .any(|n| n["type"] == "pid" && n["path"].as_str().unwrap_or("").is_empty())
+    });
+    !own_pid_namespace
+}
+
 fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
     let host_of_root = |key: &str| {
         spec.pointer(&format!("/linux/{key}"))
@@ -1223,7 +1238,23 @@ impl<B: Backend> protos::shim_async::Task for TaskService<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::{mapped_root, validate_id};
+    use super::{mapped_root, outlives_init, validate_id};
+
+    #[test]
+    fn only_an_own_pid_namespace_ends_everything_with_the_init() {
+        let with = |namespaces: serde_json::Value| {
+            outlives_init(&serde_json::json!({"linux": {"namespaces": namespaces}}))
+        };
+        assert!(!with(
+            serde_json::json!([{"type": "mount"}, {"type": "pid"}])
+        ));
+        assert!(with(serde_json::json!([{"type": "mount"}])), "the host's");
+        assert!(
+            with(serde_json::json!([{"type": "pid", "path": "/proc/42/ns/pid"}])),
+            "joined"
+        );
+        assert!(outlives_init(&serde_json::json!({})), "no linux section");
+    }
 
     #[test]
     fn stdio_goes_to_the_mapped_root() {
