@@ -354,11 +354,33 @@ shim_tests!(stats_reach_ctr_task_metrics, |ctx| {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // ctr decodes the Any by its type URL and prints the fields of the matching version.
-    let v1 = text.contains("memory.usage_in_bytes");
-    let v2 = text.contains("memory.usage");
-    assert!(v1 || v2, "no memory figures in:\n{text}");
-    assert!(text.contains("pids.current"), "{text}");
+    // ctr decodes the Any by its type URL and prints the fields of the matching version, one
+    // "name value" row each. The container is one `sleep` that has run.
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    if ctx.containerd.cgroup_v2_controllers().is_none() {
+        assert!(metric("memory.usage_in_bytes ") > 0, "{text}");
+        assert!(metric("cpuacct.usage ") > 0, "{text}");
+        assert_eq!(metric("pids.current "), 1, "{text}");
+    } else {
+        // cpu.stat is there without any controller; the others only with theirs.
+        assert!(metric("cpu.usage_usec ") > 0, "{text}");
+        if !ctx.lacks_controller("memory") {
+            assert!(metric("memory.usage ") > 0, "{text}");
+        }
+        if !ctx.lacks_controller("pids") {
+            assert_eq!(metric("pids.current "), 1, "{text}");
+        }
+    }
     c.remove("st").await;
     // After delete the container is unknown.
     let out = ctx.containerd.ctr(&["task", "metrics", "st"]);
