@@ -35,7 +35,8 @@ pub fn has_capability(cap: u32) -> bool {
 }
 
 /// Runs one test body for each shim × runtime binary, each against its own containerd:
-/// the runc shim with runc and with crun, and the sandbox shim (libcontainer in-process).
+/// the runc shim with runc and with crun, and the sandbox shim (libcontainer in-process);
+/// and, ignored unless asked for, containerd's Go shim as the reference.
 ///
 /// Where the shims legitimately differ, a body branches on `ctx.shim` and checks each one's
 /// own behaviour.
@@ -64,6 +65,15 @@ macro_rules! shim_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn runc_rs_crun() {
                 $crate::runtime::run($crate::Shim::RuncRs, $crate::Binary::Crun, body).await
+            }
+
+            /// The same case against containerd's Go shim, run on demand
+            /// (`cargo test -p integration -- --ignored go_runc`): a check of what a drop-in
+            /// must match. Where ours deliberately differs it fails (docs/ARCHITECTURE.md).
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "reference run against containerd's Go shim"]
+            async fn go_runc() {
+                $crate::runtime::run($crate::Shim::GoRunc, $crate::Binary::Runc, body).await
             }
 
             $($extra)*
