@@ -69,10 +69,15 @@ pub fn cgroup_v2_requested() -> bool {
     std::env::var("INTEGRATION_CGROUP").is_ok_and(|v| v == "v2")
 }
 
+/// Whether this host is pure cgroup v2 (its `/sys/fs/cgroup` is the v2 hierarchy).
+fn host_is_pure_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
 /// The cgroup v2 hierarchy as this process sees it: `/sys/fs/cgroup` on a pure v2 host,
 /// `/sys/fs/cgroup/unified` on a hybrid one.
 pub fn host_cgroup_v2_root() -> PathBuf {
-    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+    if host_is_pure_v2() {
         PathBuf::from("/sys/fs/cgroup")
     } else {
         PathBuf::from("/sys/fs/cgroup/unified")
@@ -133,7 +138,7 @@ impl Containerd {
         let config = d.join("config.toml");
         // Mounts made in containerd's private mount namespace before it starts.
         let mut mounts = Vec::new();
-        let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let pure_v2 = host_is_pure_v2();
         if settings.cgroup_v2 && !pure_v2 {
             mounts.push("mount -t cgroup2 cgroup2 /sys/fs/cgroup".to_string());
         } else if needs_cgroup_mask() {
