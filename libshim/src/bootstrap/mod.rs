@@ -25,7 +25,8 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
 use crate::options::RuntimeOptions;
-use crate::service::{ttrpc_services, TaskService};
+use crate::process::exit_record;
+use crate::service::{ttrpc_services, validate_namespace, TaskService};
 use crate::{mount, reaper};
 
 /// What a shim binary is called, and the runtime type containerd knows it by.
@@ -123,7 +124,7 @@ fn require(args: &Args) -> Result<()> {
             "-namespace and -id are required".into(),
         ));
     }
-    Ok(())
+    validate_namespace(&args.namespace)
 }
 
 fn bundle_dir(args: &Args) -> Result<PathBuf> {
@@ -146,6 +147,7 @@ fn start(args: &Args) -> Result<Option<fork::ForkedServer>> {
             "no namespace and id: pass -namespace and -id, or BootstrapParams on stdin".into(),
         ));
     }
+    validate_namespace(&request.namespace)?;
     let bundle = bundle_dir(args)?;
     let group = group_of(&bundle, &request.id);
     let path = socket_path(
@@ -271,16 +273,24 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
     })?;
     mount::unmount_rootfs(&bundle.join("rootfs"))?;
     remove_dead_socket(&bundle);
-    let pid = std::fs::read_to_string(bundle.join("init.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let response = DeleteResponse {
-        pid,
-        // As the Go shim reports it: killed by SIGKILL.
-        exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: MessageField::some(timestamp(SystemTime::now())),
-        ..Default::default()
+    let response = match exit_record::read(&bundle) {
+        // The init exited while a shim served it: that exit is what happened.
+        Some((pid, exit)) => DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(timestamp(exit.at)),
+            ..Default::default()
+        },
+        // It was running when its shim died, and the clean-up above killed it.
+        None => DeleteResponse {
+            pid: std::fs::read_to_string(bundle.join("init.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0),
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(timestamp(SystemTime::now())),
+            ..Default::default()
+        },
     };
     let bytes = response
         .write_to_bytes()

@@ -1,4 +1,5 @@
 //! One process of a container (its init or an exec): bookkeeping only, no runtime actions.
+pub mod exit_record;
 pub mod state;
 
 use std::time::SystemTime;

@@ -6,7 +6,7 @@ mod task;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use task::{validate_id, TaskService};
+pub use task::{validate_id, validate_namespace, TaskService};
 
 use crate::backend::Backend;
 
