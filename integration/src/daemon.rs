@@ -28,6 +28,9 @@ pub struct Containerd {
     view_root: PathBuf,
     /// Whether containerd sees the cgroup v2 hierarchy alone ([`Settings::cgroup_v2`]).
     cgroup_v2: bool,
+    /// How it was started, to start it again ([`Self::restart`]).
+    settings: Settings,
+    path: String,
 }
 
 /// How the private containerd runs.
@@ -134,52 +137,8 @@ impl Containerd {
             shim_bin_dir().display(),
             alias_dir.display()
         );
-        let log = std::fs::File::create(d.join("containerd.log")).expect("log file");
-        let config = d.join("config.toml");
-        // Mounts made in containerd's private mount namespace before it starts.
-        let mut mounts = Vec::new();
+        let child = spawn(d, &path, settings);
         let pure_v2 = host_is_pure_v2();
-        if settings.cgroup_v2 && !pure_v2 {
-            mounts.push("mount -t cgroup2 cgroup2 /sys/fs/cgroup".to_string());
-        } else if needs_cgroup_mask() {
-            let empty = d.join("empty");
-            std::fs::write(&empty, "").expect("mask file");
-            mounts.push(format!(
-                "mount --bind {} {HYBRID_CONTROLLERS}",
-                empty.display()
-            ));
-        }
-        if settings.state_on_tmpfs {
-            let state = d.join("state");
-            std::fs::create_dir_all(&state).expect("state dir");
-            std::fs::create_dir_all("/run/containerd").expect("/run/containerd");
-            for dir in [Path::new("/run/containerd"), &state] {
-                mounts.push(format!(
-                    "mount -t tmpfs -o mode=0711 tmpfs {}",
-                    dir.display()
-                ));
-            }
-        }
-        let mut cmd = if mounts.is_empty() {
-            let mut c = Command::new(containerd_binary());
-            c.arg("--config").arg(&config);
-            c
-        } else {
-            let script = format!(
-                "{} && exec {} --config {}",
-                mounts.join(" && "),
-                containerd_binary(),
-                config.display()
-            );
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
-            c
-        };
-        cmd.env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        let child = cmd.spawn().expect("start containerd");
         // `unshare` and `sh` exec containerd, so the child's pid is containerd's.
         let view_root = if settings.state_on_tmpfs {
             PathBuf::from(format!("/proc/{}/root", child.id()))
@@ -192,6 +151,8 @@ impl Containerd {
             namespace,
             view_root,
             cgroup_v2: settings.cgroup_v2 || pure_v2,
+            settings,
+            path,
         };
         this.wait_ready().await;
         if this.cgroup_v2 {
@@ -235,6 +196,28 @@ impl Containerd {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILLs containerd, as an OOM kill or a crash would; its shims and containers stay.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts containerd again on the same config and state (after [`Self::kill`]); returns
+    /// the length of its log before the restart, so a test can read what came after.
+    pub async fn restart(&mut self) -> usize {
+        assert!(
+            !self.settings.state_on_tmpfs,
+            "a restart would lose the state on containerd's tmpfs"
+        );
+        self.kill();
+        let before = self.log().len();
+        self.child = Some(spawn(self.dir.path(), &self.path, self.settings));
+        self.wait_ready().await;
+        before
     }
 
     /// containerd's major version (1 or 2), from `containerd --version`.
@@ -386,6 +369,60 @@ impl Containerd {
             let _ = std::fs::remove_dir_all(&root);
         }
     }
+}
+
+/// Starts containerd on the config in `d`, with `path` as its PATH; its log is appended to.
+fn spawn(d: &Path, path: &str, settings: Settings) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("containerd.log"))
+        .expect("log file");
+    let config = d.join("config.toml");
+    // Mounts made in containerd's private mount namespace before it starts.
+    let mut mounts = Vec::new();
+    let pure_v2 = host_is_pure_v2();
+    if settings.cgroup_v2 && !pure_v2 {
+        mounts.push("mount -t cgroup2 cgroup2 /sys/fs/cgroup".to_string());
+    } else if needs_cgroup_mask() {
+        let empty = d.join("empty");
+        std::fs::write(&empty, "").expect("mask file");
+        mounts.push(format!(
+            "mount --bind {} {HYBRID_CONTROLLERS}",
+            empty.display()
+        ));
+    }
+    if settings.state_on_tmpfs {
+        let state = d.join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        std::fs::create_dir_all("/run/containerd").expect("/run/containerd");
+        for dir in [Path::new("/run/containerd"), &state] {
+            mounts.push(format!(
+                "mount -t tmpfs -o mode=0711 tmpfs {}",
+                dir.display()
+            ));
+        }
+    }
+    let mut cmd = if mounts.is_empty() {
+        let mut c = Command::new(containerd_binary());
+        c.arg("--config").arg(&config);
+        c
+    } else {
+        let script = format!(
+            "{} && exec {} --config {}",
+            mounts.join(" && "),
+            containerd_binary(),
+            config.display()
+        );
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+        c
+    };
+    cmd.env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    cmd.spawn().expect("start containerd")
 }
 
 /// (pid, argv) of every process with `arg` somewhere in its command line.
