@@ -47,6 +47,20 @@ pub fn options_any(options: &Options) -> Any {
     }
 }
 
+/// CRI's `runtimeoptions.v1.Options`, as containerd's CRI plugin sends it for every runtime
+/// type but `io.containerd.runc.v2`: a TOML config of runc option keys, by path or inline.
+pub fn runtime_config_any(config_path: &str, config_body: &[u8]) -> Any {
+    let options = protos::runtimeoptions::Options {
+        config_path: config_path.to_string(),
+        config_body: config_body.to_vec(),
+        ..Default::default()
+    };
+    Any {
+        type_url: protos::type_urls::RUNTIME_OPTIONS.to_string(),
+        value: options.write_to_bytes().expect("encode runtime options"),
+    }
+}
+
 impl Client {
     pub async fn new(containerd: &Containerd, shim: Shim, binary: Binary) -> Self {
         let raw = containerd_client::Client::from_path(containerd.socket())

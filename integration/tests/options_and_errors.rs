@@ -1,8 +1,25 @@
 //! Runtime options, and bad requests: each gets a clear error and leaves nothing behind.
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
 use containerd_client::tonic::Code;
-use integration::client::{assert_code, options_any, Options};
-use integration::shim_tests;
+use integration::client::{assert_code, options_any, runtime_config_any, Options};
 use integration::spec;
+use integration::{shim_tests, Binary, Shim};
+
+/// A runtime binary that appends its arguments to a log, one line per call, then runs `real`.
+/// Returns the script and the log.
+fn recording_runtime(dir: &Path, real: &str) -> (PathBuf, PathBuf) {
+    let script = dir.join("recording-runtime");
+    let log = dir.join("runtime-calls.log");
+    let text = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec {real} \"$@\"\n",
+        log.display()
+    );
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
 
 shim_tests!(root_option_moves_runtime_state, |ctx| {
     let c = &ctx.client;
@@ -31,6 +48,129 @@ shim_tests!(root_option_moves_runtime_state, |ctx| {
     );
     c.remove("r").await;
     assert!(!root.join(&ctx.containerd.namespace).join("r").exists());
+});
+
+// What containerd's CRI sends for every runtime type but io.containerd.runc.v2: a TOML config
+// by path (ConfigPath) or inline (ConfigBody, 1.7+), not runc's Options.
+shim_tests!(cri_runtime_config_sets_binary_and_root, |ctx| {
+    let c = &ctx.client;
+    if c.shim == Shim::GoRunc {
+        eprintln!("skipped: the Go shim takes runc's Options only");
+        return;
+    }
+    let dir = ctx.containerd.dir();
+    let ns = &ctx.containerd.namespace;
+    let (runtime, calls) = recording_runtime(dir, c.binary.name());
+    let root = dir.join("config-root");
+    // ShimCgroup is read when the shim starts (from its stdin), before any Create.
+    let shim_cgroup = if ctx.containerd.cgroup_v2_controllers().is_some() {
+        integration::daemon::host_cgroup_v2_root().join(format!("{ns}/cfg-shim"))
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/memory/{ns}/cfg-shim"))
+    };
+    std::fs::create_dir_all(&shim_cgroup).unwrap();
+    let config = dir.join("runc-rs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "BinaryName = {:?}\nRoot = {:?}\nShimCgroup = \"/{ns}/cfg-shim\"\nNoNewKeyring = true\n",
+            runtime.to_string_lossy(),
+            root.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let by_path = runtime_config_any(&config.to_string_lossy(), b"");
+    c.create_container_with("cfg", &spec::sh("echo configured"), Some(by_path))
+        .await
+        .unwrap();
+    let mut io = c.io("cfg", false);
+    // As CRI creates tasks: no task options, so containerd passes the container's on.
+    c.create_task_with("cfg", Some(&io), false, None)
+        .await
+        .unwrap();
+    assert!(
+        root.join(ns).join("cfg").exists(),
+        "state under the config's Root"
+    );
+    let shim = ctx.containerd.shim_pid_of("cfg").unwrap();
+    let cgroups = std::fs::read_to_string(format!("/proc/{shim}/cgroup")).unwrap();
+    assert!(cgroups.contains(&format!("/{ns}/cfg-shim")), "{cgroups}");
+    c.start("cfg", "").await.unwrap();
+    assert_eq!(c.wait("cfg", "").await.unwrap(), 0);
+    assert_eq!(io.stdout_text(), "configured\n");
+    c.delete_task("cfg").await.unwrap();
+    assert!(!root.join(ns).join("cfg").exists());
+    c.delete_container("cfg").await.unwrap();
+    if c.shim == Shim::RuncRs {
+        // The shim ran the configured binary for every step.
+        let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+        for action in ["create", "start", "delete"] {
+            assert!(
+                calls.lines().any(|l| l.split(' ').any(|w| w == action)),
+                "no {action} through the configured BinaryName; calls:\n{calls}"
+            );
+        }
+    }
+
+    // ctr sends the same message for any runtime type but io.containerd.runc.v2. (With runc
+    // only: ctr 1.7 and 2 write an OCI spec version that crun 1.8 refuses.)
+    if c.binary == Binary::Runc {
+        let config_path = config.to_string_lossy();
+        let out = ctx.ctr_run(
+            "ctrcfg",
+            &["--runtime-config-path", &config_path],
+            &["echo", "via-ctr"],
+        );
+        assert_eq!(out, "via-ctr\n");
+        if c.shim == Shim::RuncRs {
+            let calls = std::fs::read_to_string(&calls).unwrap_or_default();
+            assert!(
+                calls.contains("ctrcfg"),
+                "ctr's container not run by BinaryName"
+            );
+        }
+    }
+
+    // Inline, as containerd 1.7+ passes the handler's options table when it has no ConfigPath.
+    let root2 = dir.join("body-root");
+    let body = format!("Root = {:?}\n", root2.to_string_lossy());
+    c.create_container_with(
+        "body",
+        &spec::spec(&["sleep", "1000"]),
+        Some(runtime_config_any("", body.as_bytes())),
+    )
+    .await
+    .unwrap();
+    c.create_task_with("body", None, false, None).await.unwrap();
+    assert!(
+        root2.join(ns).join("body").exists(),
+        "state under the body's Root"
+    );
+    c.remove("body").await;
+
+    // A config that cannot be used names the file and what is wrong with it.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "BinnaryName = \"crun\"\n").unwrap();
+    for (id, path, needle) in [
+        (
+            "missing",
+            "/nonexistent/runc-rs.toml",
+            "/nonexistent/runc-rs.toml",
+        ),
+        ("badkey", &*bad.to_string_lossy(), "BinnaryName"),
+    ] {
+        let any = runtime_config_any(path, b"");
+        c.create_container_with(id, &spec::spec(&["true"]), Some(any))
+            .await
+            .unwrap();
+        let status = assert_code(
+            c.create_task_with(id, None, false, None).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        assert!(status.message().contains(path), "{}", status.message());
+        c.delete_container(id).await.unwrap();
+    }
 });
 
 shim_tests!(io_uid_and_gid_let_a_non_root_process_write, |ctx| {
@@ -125,7 +265,7 @@ shim_tests!(bad_requests_get_clear_errors_and_leave_nothing, |ctx| {
         integration::Shim::GoRunc => assert!(r.is_err()),
     }
 
-    // Unknown exec, signal out of range, resize without terminal, deleted container.
+    // Unknown exec, signal out of range, resize of an unknown process, deleted container.
     assert_code(c.start("healthy", "ghost").await, Code::NotFound, "ghost");
     assert_code(
         c.kill("healthy", "", 99999, false).await,
@@ -133,9 +273,9 @@ shim_tests!(bad_requests_get_clear_errors_and_leave_nothing, |ctx| {
         "99999",
     );
     assert_code(
-        c.resize("healthy", "", 80, 24).await,
-        Code::FailedPrecondition,
-        "terminal",
+        c.resize("healthy", "ghost", 80, 24).await,
+        Code::NotFound,
+        "ghost",
     );
     // A running task cannot be deleted without being stopped.
     assert_code(c.delete_task("healthy").await, Code::FailedPrecondition, "");

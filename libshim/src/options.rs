@@ -1,6 +1,7 @@
-//! Runtime options: containerd's `containerd.runc.v1.Options`, or the legacy
-//! `containerd.linux.runc.CreateOptions` that clients send to runtime types outside
-//! `io.containerd.runc.`, folded into one struct every backend reads.
+//! Runtime options: containerd's `containerd.runc.v1.Options`, the legacy
+//! `containerd.linux.runc` types that clients send to runtime types outside
+//! `io.containerd.runc.`, or CRI's `runtimeoptions.v1.Options` (a TOML config, `config.rs`),
+//! folded into one struct every backend reads.
 use std::path::Path;
 
 use protobuf::well_known_types::any::Any;
@@ -11,6 +12,8 @@ use protos::type_urls;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+
+mod config;
 
 /// The options a shim honours, whichever message carried them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,10 +91,17 @@ impl RuntimeOptions {
                     ..Self::default()
                 })
             }
+            type_urls::RUNTIME_OPTIONS => {
+                let o =
+                    protos::runtimeoptions::Options::parse_from_bytes(&any.value).map_err(bad)?;
+                config::decode(&o)
+            }
             other => Err(Error::InvalidArgument(format!(
-                "unsupported runtime options type {other:?}: expected {} or {}",
+                "unsupported runtime options type {other:?}: expected {}, {}, {} or {}",
                 type_urls::RUNC_OPTIONS,
-                type_urls::LEGACY_CREATE_OPTIONS
+                type_urls::RUNTIME_OPTIONS,
+                type_urls::LEGACY_CREATE_OPTIONS,
+                type_urls::LEGACY_RUNC_OPTIONS
             ))),
         }
     }
