@@ -374,3 +374,61 @@ shim_tests!(user_namespace_root_owns_its_stdio, |ctx| {
     assert_eq!(io.stdout_text(), "0 0\nvia-dev-stdout\n");
     c.delete_task("userns").await.unwrap();
 });
+
+/// A runtime binary that, asked to `kill` without `--all`, first SIGKILLs the container's init
+/// itself and waits until the shim has reaped it, then runs `real`: the runtime then finds the
+/// init exited while the shim, still inside that Kill, has not handled the exit. That is the
+/// race StopPodSandbox loses now and then.
+fn racing_runtime(dir: &Path, real: &str) -> PathBuf {
+    let script = dir.join("racing-runtime");
+    let text = format!(
+        r#"#!/bin/sh
+root= prev= kill= all=
+for a in "$@"; do
+  [ "$prev" = --root ] && root=$a
+  [ "$a" = kill ] && kill=1
+  [ "$a" = --all ] && all=1
+  prev=$a
+done
+if [ -n "$kill" ] && [ -z "$all" ]; then
+  eval "id=\${{$(($# - 1))}}"
+  pid=$({real} --root "$root" state "$id" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -n 1)
+  kill -9 "$pid"
+  i=0
+  while [ -e "/proc/$pid" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
+fi
+exec {real} "$@"
+"#
+    );
+    std::fs::write(&script, text).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+shim_tests!(@runc kill_of_an_init_that_just_exited_is_not_found, |ctx| {
+    let c = &ctx.client;
+    let runtime = racing_runtime(ctx.containerd.dir(), c.binary.name());
+    let opts = Options {
+        binary_name: runtime.to_string_lossy().into_owned(),
+        ..c.options()
+    };
+    let sleeper = spec::spec(&["sleep", "1000"]);
+    c.create_container_with("racy", &sleeper, Some(options_any(&opts)))
+        .await
+        .unwrap();
+    c.create_task_with("racy", None, false, Some(options_any(&opts)))
+        .await
+        .unwrap();
+    c.start("racy", "").await.unwrap();
+    // runc: "container not running"; crun: "kill container: No such process". containerd
+    // ignores NotFound when it stops a task; anything else fails the stop.
+    let status = assert_code(
+        c.kill("racy", "", libc::SIGKILL as u32, false).await,
+        Code::NotFound,
+        "",
+    );
+    eprintln!("kill of the exited init: {}", status.message());
+    assert_eq!(c.wait("racy", "").await.unwrap(), 128 + 9);
+    c.delete_task("racy").await.unwrap();
+    c.delete_container("racy").await.unwrap();
+}, {});

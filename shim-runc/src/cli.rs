@@ -10,6 +10,8 @@ use libshim::backend::{CheckpointRequest, ProcessIo};
 use libshim::reaper;
 use libshim::{BackendError, ContainerInfo, RuntimeOptions};
 
+use crate::failure::last_errors;
+
 /// Where runc keeps container state unless the Root option says otherwise.
 pub const DEFAULT_ROOT: &str = "/run/containerd/runc";
 const DEFAULT_BINARY: &str = "runc";
@@ -134,58 +136,8 @@ impl Runtime {
         if let Some(rest) = message.strip_prefix(&prefix) {
             message = rest.to_string();
         }
-        if self.is_not_found(&message) {
-            return Err(BackendError::NotFound(message));
-        }
-        Err(BackendError::Runtime {
-            runtime: self.binary.clone(),
-            action,
-            message,
-        })
+        Err(self.failure(action, message))
     }
-}
-
-impl Runtime {
-    /// A failed spawn: ENOENT or EACCES means the binary cannot be run, unless it was the
-    /// working directory (the bundle) that is missing, which spawn reports the same way.
-    fn spawn_error(&self, action: &str, cwd: Option<&Path>, e: std::io::Error) -> BackendError {
-        if let Some(dir) = cwd.filter(|d| !d.is_dir()) {
-            return BackendError::io(
-                format!("{} {action}: bundle {}", self.binary, dir.display()),
-                e,
-            );
-        }
-        match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                BackendError::MissingBinary {
-                    binary: self.binary.clone(),
-                    source: e,
-                }
-            }
-            _ => BackendError::io(format!("run {} {action}", self.binary), e),
-        }
-    }
-
-    /// Whether the runtime said the container does not exist. runc says so in words; crun
-    /// only reports ENOENT on the container's state directory under the root.
-    pub fn is_not_found(&self, message: &str) -> bool {
-        message.contains("container does not exist")
-            || message.contains("container not found")
-            || (message.contains("No such file or directory")
-                && message.contains(&*self.root.to_string_lossy()))
-    }
-}
-
-/// The `msg` of every error-level line of runc's or crun's JSON log, joined.
-pub fn last_errors(log: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let msgs: Vec<String> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| matches!(v["level"].as_str(), Some("error" | "fatal")))
-        .filter_map(|v| v["msg"].as_str().map(str::to_string))
-        .collect();
-    (!msgs.is_empty()).then(|| msgs.join(": "))
 }
 
 pub fn os(s: impl AsRef<OsStr>) -> OsString {
@@ -417,22 +369,6 @@ mod tests {
     }
 
     #[test]
-    fn errors_come_from_the_json_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("log.json");
-        std::fs::write(
-            &log,
-            "{\"level\":\"warning\",\"msg\":\"ignored\"}\n\
-             {\"level\":\"error\",\"msg\":\"runc create failed: exec: \\\"nope\\\": executable file not found in $PATH\",\"time\":\"t\"}\n",
-        )
-        .unwrap();
-        let msg = last_errors(&log).unwrap();
-        assert!(msg.contains("executable file not found"), "{msg}");
-        assert!(!msg.contains("ignored"));
-        assert!(last_errors(&dir.path().join("missing")).is_none());
-    }
-
-    #[test]
     fn checkpoint_and_restore_args() {
         let req = CheckpointRequest {
             image_path: "/img".into(),
@@ -479,25 +415,6 @@ mod tests {
     }
 
     #[test]
-    fn not_found_wording() {
-        let opts = RuntimeOptions {
-            root: "/run/crun".into(),
-            ..Default::default()
-        };
-        let rt = Runtime::new(&opts, "default", None);
-        assert!(rt.is_not_found("container does not exist"));
-        assert!(rt.is_not_found(
-            "error opening file `/run/crun/default/c1/status`: No such file or directory"
-        ));
-        assert!(rt.is_not_found(
-            "cannot open directory '/run/crun/default/c1': No such file or directory"
-        ));
-        // ENOENT about anything else (a missing binary in the container) is a real failure.
-        assert!(!rt.is_not_found("executable file `nope` not found: No such file or directory"));
-        assert!(!rt.is_not_found("permission denied"));
-    }
-
-    #[test]
     fn exec_kill_delete_args() {
         let args = exec_args("c", Path::new("/b/p.json"), Path::new("/b/p.pid"), None);
         assert_eq!(
@@ -521,15 +438,5 @@ mod tests {
         assert_eq!(strings(&kill_args("c", 15, false)), ["kill", "c", "15"]);
         assert_eq!(strings(&delete_args("c", true)), ["delete", "--force", "c"]);
         assert_eq!(strings(&delete_args("c", false)), ["delete", "c"]);
-    }
-
-    #[test]
-    fn missing_bundle_is_not_a_missing_binary() {
-        let rt = Runtime::new(&RuntimeOptions::default(), "default", None);
-        let gone = Path::new("/nonexistent/bundle");
-        let err = rt.spawn_error("create", Some(gone), std::io::ErrorKind::NotFound.into());
-        assert!(matches!(err, BackendError::Io { .. }), "{err}");
-        let err = rt.spawn_error("create", None, std::io::ErrorKind::NotFound.into());
-        assert!(matches!(err, BackendError::MissingBinary { .. }), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! The runc backend: libshim driving an OCI runtime CLI (runc or crun).
 pub mod backend;
 pub mod cli;
+pub mod failure;
 
 pub use backend::RuncBackend;

@@ -270,3 +270,26 @@ async fn cleanup_without_runtime_state_runs_nothing() {
         "{r:?}"
     );
 }
+
+/// The init exits between the shim's state check and runc's: runc answers "container not
+/// running", which must be NotFound (containerd ignores it when stopping a task), not a failure.
+#[tokio::test(flavor = "current_thread")]
+async fn kill_of_an_exited_init_is_not_found() {
+    if !usable() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut exits = start_reaper();
+    let fx = Fixture::new("exited", &["true"]).await;
+    let backend = RuncBackend::new();
+
+    let init = backend.create(&fx.info, null_io()).await.unwrap();
+    backend.start(&fx.info).await.unwrap();
+    assert_eq!(wait_for_exit(&mut exits, init).await.status, 0);
+
+    let err = backend.kill(&fx.info, 9, false).await.unwrap_err();
+    assert!(matches!(err, BackendError::NotFound(_)), "{err}");
+    // With --all runc signals what is left in the cgroup: nothing, and that is no error.
+    backend.kill(&fx.info, 9, true).await.unwrap();
+    backend.delete(&fx.info, false).await.unwrap();
+}
