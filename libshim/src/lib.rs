@@ -22,4 +22,5 @@ pub mod mount;
 pub mod process;
 pub mod stdio;
 mod sys;
+pub mod ttrpc_server;
 pub use sys::{reset_signals_for_exec, thread_count};

@@ -158,6 +158,15 @@ pub fn trim_code_pages() {
     }
 }
 
+/// Returns the heap's free memory at its top and in whole free pages to the system. glibc
+/// keeps what a burst of requests or connections freed; an idle shim should not.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

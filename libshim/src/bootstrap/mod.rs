@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use protobuf::{Message, MessageField};
 use protos::api::DeleteResponse;
@@ -374,15 +374,9 @@ async fn serve_until_shutdown<B: Backend>(
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io("shim socket", e))?;
-    let listener = ttrpc::asynchronous::transport::Listener::try_from(listener)
+    let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| Error::io("serve on the shim socket", e))?;
-    let mut server = ttrpc::asynchronous::Server::new()
-        .add_listener(listener)
-        .register_service(ttrpc_services(service));
-    server
-        .start()
-        .await
-        .map_err(|e| Error::io("start ttrpc server", std::io::Error::other(e)))?;
+    let server = crate::ttrpc_server::Server::start(listener, ttrpc_services(service));
     log::info!(
         "serving task API for {} in namespace {}",
         args.id,
@@ -393,6 +387,7 @@ async fn serve_until_shutdown<B: Backend>(
         _ = shutdown.notified() => {}
         _ = term.recv() => log::info!("SIGTERM received"),
     }
-    let _ = server.shutdown().await;
+    // The Shutdown request that ended this still has to be answered.
+    server.stop(Duration::from_secs(1)).await;
     Ok(())
 }
