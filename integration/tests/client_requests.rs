@@ -28,3 +28,32 @@ shim_tests!(exec_terminal_asked_in_the_request_alone, |ctx| {
     }
     c.remove("ptyhost").await;
 });
+
+// Kubernetes and containerd's clients may send any signal, real-time ones included.
+shim_tests!(a_real_time_signal_reaches_an_exec, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("rt", &spec::spec(&["sleep", "1000"])).await;
+    let io = c.io("rt-e", false);
+    let process = spec::process(
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 9' 40; echo ready; while :; do sleep 0.05; done",
+        ],
+        false,
+    );
+    c.exec("rt", "e", &process, Some(&io), false).await.unwrap();
+    c.start("rt", "e").await.unwrap();
+    // Give sh the moment it needs to install its trap.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.kill("rt", "e", 40, false).await.unwrap();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), c.wait("rt", "e")).await;
+    assert_eq!(waited.expect("the exec got signal 40").unwrap(), 9);
+    // Once it is gone, a signal to it is NotFound (the pidfd knows, whatever has its pid now).
+    integration::client::assert_code(
+        c.kill("rt", "e", 15, false).await,
+        containerd_client::tonic::Code::NotFound,
+        "finished",
+    );
+    c.remove("rt").await;
+});

@@ -87,6 +87,14 @@ shim_tests!(delete_after_a_shim_crash_reports_the_real_exit, |ctx| {
     c.create_task("crashed", None, false).await.unwrap();
     c.start("crashed", "").await.unwrap();
     assert_eq!(c.wait("crashed", "").await.unwrap(), 7);
+    // Wait answers as the exit is recorded; its event may still be on its way. Events still
+    // queued in a shim that is killed die with it, so let this one arrive first.
+    events
+        .wait_for("the shim's own TaskExit", |ev| {
+            ev.iter()
+                .any(|e| e.topic == "/tasks/exit" && e.container_id == "crashed")
+        })
+        .await;
     let shim = ctx.containerd.shim_pid_of("crashed").expect("serving shim");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim as i32),

@@ -167,8 +167,48 @@ pub fn trim_heap() {
     }
 }
 
+/// kill(2) for any signal number, real-time ones included (nix's `Signal` has none of them).
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes two integers.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A pidfd for `pid` (Linux 5.3+): it names that process for good, so a signal sent through it
+/// can never reach another process that was given the same pid after this one was reaped.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; nothing is borrowed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own_fd(fd as RawFd))
+}
+
+/// Sends `signal` to the process `pidfd` names; ESRCH once it has exited.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: the fd is borrowed for the call; a null siginfo asks for the kill(2) defaults.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
 
     #[test]
@@ -181,5 +221,28 @@ mod tests {
         let _ = other.join();
         let err = result.expect_err("a threaded process must not fork");
         assert!(err.to_string().contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn a_pidfd_never_reaches_a_process_after_its_own() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let fd = match pidfd_open(child.id()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                // Only a kernel before 5.3 may lack them.
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "pidfd_open: {e}");
+                return;
+            }
+        };
+        pidfd_send_signal(fd.as_fd(), libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+        // Reaped: whatever process gets this pid next, the pidfd still names the old one.
+        let err = pidfd_send_signal(fd.as_fd(), libc::SIGTERM).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
     }
 }

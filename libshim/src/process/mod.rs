@@ -28,6 +28,10 @@ pub struct Process {
     pub stdio: Option<Stdio>,
     /// The OCI process spec (JSON) of an exec, kept until Start.
     pub spec: Vec<u8>,
+    /// Names the process for good from its start until its exit is recorded: a signal through
+    /// it cannot reach a later process given the same pid. `None` where the kernel has no
+    /// pidfds (before 5.3) or the process had exited before it could be opened.
+    pub pidfd: Option<std::os::fd::OwnedFd>,
     exit: watch::Sender<Option<ExitInfo>>,
 }
 
@@ -41,6 +45,7 @@ impl Process {
             stdio_request,
             stdio: None,
             spec: Vec::new(),
+            pidfd: None,
             exit: watch::channel(None).0,
         }
     }
@@ -84,6 +89,7 @@ impl Process {
         if self.apply(Event::Exit).is_err() {
             return false;
         }
+        self.pidfd = None;
         self.exit.send_replace(Some(ExitInfo { status, at }));
         true
     }

@@ -1,4 +1,6 @@
 //! Exec, Kill, Pause/Resume and Pids.
+use std::os::fd::AsFd;
+
 use super::*;
 
 impl<B: Backend> TaskService<B> {
@@ -62,12 +64,18 @@ impl<B: Backend> TaskService<B> {
         let c = self.container(&req.id)?;
         let c = c.lock().await;
         let p = c.process(&req.exec_id)?;
+        let finished = || Error::NotFound(format!("process {:?} already finished", p.event_id()));
+        if !p.state().is_live() || p.pid == 0 {
+            return Err(finished());
+        }
         if p.is_init() {
-            if !p.state().is_live() {
-                return Err(Error::NotFound(format!(
-                    "process {:?} already finished",
-                    req.id
-                )));
+            // The runtime signals the init itself (it thaws a paused one for SIGKILL, reaches
+            // every process with `all`); the pidfd first tells an init that has just exited
+            // from one whose pid a new process may already have.
+            if let Some(fd) = &p.pidfd {
+                if is_gone(crate::sys::pidfd_send_signal(fd.as_fd(), 0)) {
+                    return Err(finished());
+                }
             }
             self.inner
                 .backend
@@ -75,15 +83,18 @@ impl<B: Backend> TaskService<B> {
                 .await?;
             return Ok(());
         }
-        if !p.state().is_live() || p.pid == 0 {
-            return Err(Error::NotFound(format!(
-                "exec {:?} is not running",
-                req.exec_id
-            )));
+        let sent = match &p.pidfd {
+            Some(fd) => crate::sys::pidfd_send_signal(fd.as_fd(), req.signal as i32),
+            None => crate::sys::kill(p.pid, req.signal as i32),
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(finished()),
+            Err(e) => Err(Error::io(
+                format!("send signal {} to exec {:?}", req.signal, req.exec_id),
+                e,
+            )),
         }
-        let signal = nix::sys::signal::Signal::try_from(req.signal as i32).ok();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), signal)
-            .map_err(|e| Error::io(format!("signal exec {:?}", req.exec_id), e.into()))
     }
 
     // ---- Pause / Resume ----
@@ -165,7 +176,7 @@ impl<B: Backend> TaskService<B> {
 /// request's flag (`cio.WithTerminal`) and leave the spec's false; the runtime reads the spec,
 /// and the stdio the shim prepares follows the request: they must agree, and the request wins
 /// (as in containerd's Go shim).
-fn with_terminal(spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
+pub fn with_terminal(spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
     let mut value: serde_json::Value = serde_json::from_slice(spec)
         .map_err(|e| Error::InvalidArgument(format!("exec process spec is not JSON: {e}")))?;
     let object = value
@@ -182,6 +193,11 @@ fn with_terminal(spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
     object.insert("terminal".into(), serde_json::Value::Bool(terminal));
     serde_json::to_vec(&value)
         .map_err(|e| Error::InvalidArgument(format!("exec process spec: {e}")))
+}
+
+/// Whether a signal failed because its process has exited.
+fn is_gone(sent: std::io::Result<()>) -> bool {
+    sent.is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
 }
 
 #[cfg(test)]

@@ -118,7 +118,12 @@ impl<B: Backend> TaskService<B> {
                     .map_err(Error::from)
             })
             .await;
-        let Launched { stdio, pid, early } = match created {
+        let Launched {
+            stdio,
+            pid,
+            early,
+            pidfd,
+        } = match created {
             Ok(v) => v,
             Err(e) => {
                 // Whatever the runtime got to create goes, and so does the rootfs mount.
@@ -128,6 +133,7 @@ impl<B: Backend> TaskService<B> {
             }
         };
         init.pid = pid;
+        init.pidfd = pidfd;
         init.stdio = Some(stdio);
         let cgroup = Cgroup::for_pid(pid)
             .inspect_err(|e| log::warn!("container {}: cgroup not found: {e}", req.id))
@@ -185,6 +191,14 @@ impl<B: Backend> TaskService<B> {
                 exec_id: exec_id.to_string(),
             },
         );
+        // Opened before anything can await: the reaper runs on this thread, so the process
+        // (ours to reap, as subreaper) cannot have been reaped and its pid reused in between.
+        let pidfd = match early {
+            Some(_) => None,
+            None => crate::sys::pidfd_open(pid)
+                .inspect_err(|e| log::debug!("pidfd for pid {pid}: {e}"))
+                .ok(),
+        };
         drop(guard);
         if let Err(e) = stdio.attach_console().await {
             self.inner.exits.forget(pid);
@@ -194,7 +208,12 @@ impl<B: Backend> TaskService<B> {
             );
             return Err(e);
         }
-        Ok(Launched { stdio, pid, early })
+        Ok(Launched {
+            stdio,
+            pid,
+            early,
+            pidfd,
+        })
     }
 
     pub(super) fn publish_create(&self, req: &CreateTaskRequest, pid: u32) {

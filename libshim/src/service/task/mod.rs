@@ -110,6 +110,7 @@ struct Launched {
     stdio: Stdio,
     pid: u32,
     early: Option<Exit>,
+    pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 struct Inner<B> {
@@ -179,8 +180,8 @@ impl<B: Backend> TaskService<B> {
 }
 
 mod adaptor;
-mod bundle;
-mod control;
+pub(crate) mod bundle;
+pub(crate) mod control;
 mod create;
 mod criu;
 mod delete;

@@ -15,13 +15,19 @@ impl<B: Backend> TaskService<B> {
                 e,
             )
         })?;
-        let Launched { stdio, pid, early } = self
+        let Launched {
+            stdio,
+            pid,
+            early,
+            pidfd,
+        } = self
             .launch(&info, "", c.init.stdio_request.clone(), |io| async {
                 let restored = self.inner.backend.restore(&info, io, &request).await;
                 restored.map_err(|e| with_criu_log(e.into(), &request.work_path, &info, "restore"))
             })
             .await?;
         c.init.pid = pid;
+        c.init.pidfd = pidfd;
         c.init.stdio = Some(stdio);
         c.cgroup = Cgroup::for_pid(pid).ok();
         c.oom_kills_reported = c.cgroup.as_ref().map_or(0, Cgroup::oom_kills);
@@ -94,13 +100,19 @@ impl<B: Backend> TaskService<B> {
             )));
         }
         let spec = p.spec.clone();
-        let Launched { stdio, pid, early } = self
+        let Launched {
+            stdio,
+            pid,
+            early,
+            pidfd,
+        } = self
             .launch(&info, exec_id, p.stdio_request.clone(), |io| async {
                 let pid = self.inner.backend.exec(&info, exec_id, &spec, io).await;
                 pid.map_err(Error::from)
             })
             .await?;
         p.pid = pid;
+        p.pidfd = pidfd;
         p.stdio = Some(stdio);
         p.apply(Event::Start)?;
         self.publish(
