@@ -24,8 +24,9 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
-    /// The container is unknown to the runtime.
-    #[error("container {0:?} not found by the runtime")]
+    /// The container or process is unknown to the runtime, or already gone; the message says
+    /// which, in the runtime's words.
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     InvalidArgument(String),

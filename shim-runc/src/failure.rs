@@ -35,7 +35,7 @@ impl Runtime {
     /// The error for `action` failing with the runtime's `message`.
     pub(crate) fn failure(&self, action: &'static str, message: String) -> BackendError {
         if self.is_not_found(&message) || (action == "kill" && process_finished(&message)) {
-            return BackendError::NotFound(message);
+            return BackendError::NotFound(format!("{} {action}: {message}", self.binary));
         }
         BackendError::Runtime {
             runtime: self.binary.clone(),
