@@ -206,29 +206,46 @@ impl Containerd {
         }
     }
 
-    /// Starts containerd again on the same config and state (after [`Self::kill`]); returns
-    /// the length of its log before the restart, so a test can read what came after.
-    pub async fn restart(&mut self) -> usize {
+    /// Starts containerd again on the same config and state (after [`Self::kill`]) at
+    /// `log_level` (containerd 1.7+ logs each event it takes from a shim at `trace` only);
+    /// returns the length of its log before the restart, so a test can read what came after.
+    pub async fn restart(&mut self, log_level: &'static str) -> usize {
         assert!(
             !self.settings.state_on_tmpfs,
             "a restart would lose the state on containerd's tmpfs"
         );
         self.kill();
+        let config = self.dir.path().join("config.toml");
+        let text = std::fs::read_to_string(&config).expect("read config");
+        let level = format!("level = \"{}\"", self.settings.log_level);
+        let text = text.replace(&level, &format!("level = \"{log_level}\""));
+        std::fs::write(&config, text).expect("write config");
+        self.settings.log_level = log_level;
         let before = self.log().len();
         self.child = Some(spawn(self.dir.path(), &self.path, self.settings));
         self.wait_ready().await;
         before
     }
 
-    /// containerd's major version (1 or 2), from `containerd --version`.
-    pub fn major_version(&self) -> u32 {
+    /// containerd's (major, minor) version, from `containerd --version`.
+    pub fn version(&self) -> (u32, u32) {
         let out = Command::new(containerd_binary()).arg("--version").output();
         let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        // "containerd github.com/containerd/containerd[/v2] 1.7.24~ds1 ..."
-        text.ok()
-            .and_then(|t| t.split_whitespace().nth(2).map(str::to_string))
-            .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
-            .unwrap_or(1)
+        let number = text
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2).map(str::to_string));
+        let mut parts = number
+            .as_deref()
+            .unwrap_or("1.0")
+            .trim_start_matches('v')
+            .split(['.', '~', '-'])
+            .map(|p| p.parse().unwrap_or(0));
+        (parts.next().unwrap_or(1), parts.next().unwrap_or(0))
+    }
+
+    /// containerd's major version (1 or 2).
+    pub fn major_version(&self) -> u32 {
+        self.version().0
     }
 
     pub fn dir(&self) -> &Path {
@@ -555,3 +572,4 @@ impl Drop for Containerd {
         unmount_below(self.dir.path());
     }
 }
+

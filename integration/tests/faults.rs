@@ -46,7 +46,7 @@ shim_tests!(
             .unwrap_or_else(|e| panic!("signal the init of {id}: {e}"));
         }
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let offset = ctx.containerd.restart().await;
+        let offset = ctx.containerd.restart("trace").await;
 
         // Every exit reaches the restarted containerd, each once.
         let namespace = ctx.containerd.namespace.clone();
@@ -68,11 +68,23 @@ shim_tests!(
             "each exit once"
         );
 
-        // The restarted containerd knows each task's real exit and can delete it.
         let c = Client::new(&ctx.containerd, ctx.shim, ctx.binary).await;
         for (i, id) in ids.iter().enumerate() {
-            assert_eq!(c.wait(id, "").await.unwrap(), 11 + i as u32, "{id}");
-            assert_eq!(c.delete_task(id).await.unwrap(), 11 + i as u32, "{id}");
+            if ctx.containerd.version() >= (1, 7) {
+                // containerd 1.7+, starting, shuts down the shim of every task that has no
+                // process left and is not a sandbox (its leaked-shim clean-up, containerd#6860),
+                // so only the events tell what happened: the shims delivered them after that
+                // Shutdown, once containerd took events again.
+                integration::client::assert_code(
+                    c.wait(id, "").await,
+                    containerd_client::tonic::Code::NotFound,
+                    "",
+                );
+            } else {
+                // The restarted containerd knows each task's real exit and can delete it.
+                assert_eq!(c.wait(id, "").await.unwrap(), 11 + i as u32, "{id}");
+                assert_eq!(c.delete_task(id).await.unwrap(), 11 + i as u32, "{id}");
+            }
             c.delete_container(id).await.unwrap();
         }
     }

@@ -332,6 +332,9 @@ fn ttrpc_address_from_env() -> Option<String> {
         .filter(|a| !a.is_empty())
 }
 
+/// How long a shim that was told to shut down keeps trying to deliver what it still holds.
+const EVENTS_AFTER_SHUTDOWN: Duration = Duration::from_secs(30);
+
 /// The serving process: a subreaper answering the task API on `listener` until Shutdown or
 /// SIGTERM, publishing events to containerd at `ttrpc_address`.
 fn serve_on<B: Backend>(
@@ -347,10 +350,13 @@ fn serve_on<B: Backend>(
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-    let result = runtime()?.block_on(serve_until_shutdown(args, backend, listener, ttrpc_address));
-    if let Some(path) = socket {
-        let _ = std::fs::remove_file(path);
-    }
+    let result = runtime()?.block_on(serve_until_shutdown(
+        args,
+        backend,
+        listener,
+        socket.as_deref(),
+        ttrpc_address,
+    ));
     log::info!("shim exiting");
     result
 }
@@ -359,6 +365,7 @@ async fn serve_until_shutdown<B: Backend>(
     args: &Args,
     backend: B,
     listener: UnixListener,
+    socket: Option<&Path>,
     ttrpc_address: Option<String>,
 ) -> Result<()> {
     let exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
@@ -367,7 +374,7 @@ async fn serve_until_shutdown<B: Backend>(
     let service = TaskService::new(
         backend,
         args.namespace.clone(),
-        publisher,
+        publisher.clone(),
         exits,
         shutdown.clone(),
     );
@@ -389,5 +396,11 @@ async fn serve_until_shutdown<B: Backend>(
     }
     // The Shutdown request that ended this still has to be answered.
     server.stop(Duration::from_secs(1)).await;
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    // Events not yet delivered (containerd restarting: 2.x shuts down the shims of tasks that
+    // exited while it was away before it takes events again) go out before the shim exits.
+    publisher.flush(EVENTS_AFTER_SHUTDOWN).await;
     Ok(())
 }

@@ -113,8 +113,10 @@ impl<B: Backend> TaskService<B> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_empty();
+        // Answered at once: containerd 2.x shuts shims down while it starts (those whose
+        // tasks exited while it was away), one after the other. What the shim still has to
+        // send is sent after it has stopped serving (bootstrap's `serve_until_shutdown`).
         if empty {
-            self.inner.publisher.flush(Duration::from_secs(2)).await;
             self.inner.shutdown.notify_one();
         }
     }
