@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
+use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
@@ -124,7 +125,20 @@ pub fn spawn(cmd: &mut Command) -> io::Result<(std::process::Child, oneshot::Rec
 /// Runs `cmd` to completion, capturing stdout and stderr unless the caller set them.
 /// Stdin is /dev/null unless the caller set it.
 pub async fn run(cmd: &mut Command) -> io::Result<CommandOutput> {
-    let (mut child, exited) = spawn(cmd)?;
+    run_with_umask(cmd, None).await
+}
+
+/// As [`run`], the child started with `umask` (this process's own stays as it was): runc before
+/// 1.2 gives an exec'd process the umask runc itself was started with, not its spec's.
+pub async fn run_with_umask(cmd: &mut Command, umask: Option<u32>) -> io::Result<CommandOutput> {
+    // umask is per process and the shim is single-threaded: nothing else creates a file
+    // between these two calls.
+    let saved = umask.map(|m| nix::sys::stat::umask(Mode::from_bits_truncate(m)));
+    let spawned = spawn(cmd);
+    if let Some(saved) = saved {
+        nix::sys::stat::umask(saved);
+    }
+    let (mut child, exited) = spawned?;
     let stdout = child.stdout.take().map(OwnedFd::from);
     let stderr = child.stderr.take().map(OwnedFd::from);
     // The Child is dropped without wait(): reaping belongs to the loop above.

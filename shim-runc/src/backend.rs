@@ -49,7 +49,8 @@ impl Backend for RuncBackend {
         spec: &[u8],
         io: ProcessIo,
     ) -> Result<u32, BackendError> {
-        let rt = Runtime::for_container(info);
+        let mut rt = Runtime::for_container(info);
+        rt.child_umask = cli::umask_of(spec);
         let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
         let pid_file = BundleFile::to_be_written(info.bundle.join(format!(".exec-{exec_id}.pid")));
         let args = cli::exec_args(

@@ -26,6 +26,8 @@ pub struct Runtime {
     pub log: Option<PathBuf>,
     /// The criu binary for checkpoint and restore, if not the one on PATH (legacy CriuPath).
     pub criu: Option<String>,
+    /// The umask the runtime is started with: an exec's own (see `reaper::run_with_umask`).
+    pub child_umask: Option<u32>,
 }
 
 impl Runtime {
@@ -46,6 +48,7 @@ impl Runtime {
             systemd_cgroup: options.systemd_cgroup,
             log: bundle.map(|b| b.join("log.json")),
             criu: Some(options.criu_path.clone()).filter(|p| !p.is_empty()),
+            child_umask: None,
         }
     }
 
@@ -111,7 +114,7 @@ impl Runtime {
             // Only this call's errors should reach the caller.
             let _ = std::fs::remove_file(log);
         }
-        let out = reaper::run(&mut cmd)
+        let out = reaper::run_with_umask(&mut cmd, self.child_umask)
             .await
             .map_err(|e| self.spawn_error(action, cwd, e))?;
         // `cmd` holds the child's ends of the stdio pipes until it is dropped; the copies see
@@ -255,6 +258,13 @@ pub fn restore_args(
     }
     args.push(os(id));
     args
+}
+
+/// The umask an exec's process spec asks for (`user.umask`). runc 1.2+ and crun set it
+/// themselves; runc 1.1 leaves the process the umask runc was started with.
+pub fn umask_of(process: &[u8]) -> Option<u32> {
+    let spec: serde_json::Value = serde_json::from_slice(process).ok()?;
+    spec.pointer("/user/umask")?.as_u64().map(|m| m as u32 & 0o777)
 }
 
 /// `exec --detach` arguments.
