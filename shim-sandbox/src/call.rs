@@ -36,9 +36,21 @@ pub fn failed<E: std::error::Error>(action: &'static str) -> impl Fn(E) -> Backe
     }
 }
 
-/// Runs one libcontainer call. The shim must be single-threaded when libcontainer clones
-/// (see the crate docs); the working directory is put back whatever the call did with it.
+/// Where every libcontainer call runs, and where the shim is left after one: a directory that
+/// outlives every container. The forked server starts in its group's first bundle, which
+/// containerd removes with that container; libcontainer calls getcwd for its notify socket
+/// (failing the call) and for a console socket (panicking on failure).
+const WORKDIR: &str = "/";
+
+/// Runs one libcontainer call in [`WORKDIR`]; see [`guarded_in`].
 pub fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    guarded_in(Path::new(WORKDIR), f)
+}
+
+/// Runs one libcontainer call in `dir` ([`WORKDIR`] if `dir` cannot be entered). The shim must
+/// be single-threaded when libcontainer clones (see the crate docs); whatever the call did with
+/// the working directory, the shim is left in [`WORKDIR`].
+pub fn guarded_in<T, E>(dir: &Path, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     // (Unit tests run on the test harness's threads; the shim never does.)
     #[cfg(not(test))]
     debug_assert_eq!(
@@ -46,11 +58,11 @@ pub fn guarded<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         Some(1),
         "libcontainer called from a threaded shim"
     );
-    let cwd = std::env::current_dir().ok();
-    let out = f();
-    if let Some(dir) = cwd {
-        let _ = std::env::set_current_dir(dir);
+    if std::env::set_current_dir(dir).is_err() {
+        let _ = std::env::set_current_dir(WORKDIR);
     }
+    let out = f();
+    let _ = std::env::set_current_dir(WORKDIR);
     out
 }
 
@@ -133,13 +145,19 @@ mod tests {
     }
 
     #[test]
-    fn guarded_puts_the_working_directory_back() {
-        let before = std::env::current_dir().unwrap();
-        let r: Result<(), ()> = guarded(|| {
-            std::env::set_current_dir("/").unwrap();
-            Err(())
+    fn guarded_runs_in_a_directory_that_outlives_the_bundle() {
+        // As a group's shim after containerd removed its first bundle (no other test here
+        // depends on the working directory).
+        let gone = std::env::temp_dir().join(format!("shim-sandbox-cwd-{}", std::process::id()));
+        std::fs::create_dir(&gone).unwrap();
+        std::env::set_current_dir(&gone).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        let seen: Result<PathBuf, ()> = guarded(|| {
+            let cwd = std::env::current_dir().map_err(drop);
+            std::env::set_current_dir(std::env::temp_dir()).unwrap();
+            cwd
         });
-        assert!(r.is_err());
-        assert_eq!(std::env::current_dir().unwrap(), before);
+        assert_eq!(seen.unwrap(), Path::new(WORKDIR));
+        assert_eq!(std::env::current_dir().unwrap(), Path::new(WORKDIR));
     }
 }

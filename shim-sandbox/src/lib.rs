@@ -6,7 +6,9 @@
 //! no other thread that could hold the allocator's or the logger's lock in the child. Each
 //! libcontainer call is synchronous, so libshim's reaper (a task on that same thread) cannot
 //! run, and cannot reap libcontainer's intermediate process, until the call has waited for it.
-//! libcontainer may change the working directory (notify socket set-up): every call restores it.
+//! libcontainer reads and changes the working directory (notify and console sockets): every
+//! call runs from `/` (a create from its bundle) and leaves the shim in `/`, never in a bundle
+//! containerd may remove.
 use std::path::Path;
 
 use async_trait::async_trait;
@@ -24,8 +26,9 @@ mod freezer;
 mod kill_all;
 mod resources;
 mod stopped;
+mod tenant;
 
-use call::{failed, guarded, load, load_from, pid_of, state_root};
+use call::{failed, guarded, guarded_in, load, load_from, pid_of, state_root};
 
 /// Present when systemd is the init (sd_booted's test).
 const SYSTEMD_RUNNING: &str = "/run/systemd/system";
@@ -57,7 +60,8 @@ impl Backend for SandboxBackend {
             )));
         }
         let b = call::builder(info, io)?;
-        let c = guarded(|| {
+        // In the bundle, as `runc create` runs: hooks that look for config.json there find it.
+        let c = guarded_in(&info.bundle, || {
             b.as_init(&info.bundle)
                 .with_systemd(systemd)
                 .with_detach(true)
@@ -83,14 +87,16 @@ impl Backend for SandboxBackend {
         // libcontainer's tenant builder reads the process from a file, as `runc exec --process`.
         let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
         let b = call::builder(info, io)?;
-        let pid = guarded(|| {
+        let dir = state_root(&info.options, &info.namespace).join(&info.id);
+        let before = tenant::sockets(&dir);
+        let built = guarded(|| {
             b.as_tenant()
                 .with_detach(true)
                 .with_process(Some(process.path()))
                 .build()
-        })
-        .map_err(failed("exec"))?;
-        Ok(pid.as_raw() as u32)
+        });
+        tenant::remove_new(&dir, &before);
+        Ok(built.map_err(failed("exec"))?.as_raw() as u32)
     }
 
     async fn kill(&self, info: &ContainerInfo, signal: u32, all: bool) -> Result<(), BackendError> {
