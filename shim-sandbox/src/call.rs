@@ -83,7 +83,7 @@ pub fn builder(info: &ContainerInfo, io: ProcessIo) -> Result<ContainerBuilder, 
     let b = ContainerBuilder::new(info.id.clone(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(failed("create"))?
-        .with_executor(DefaultSignalsExecutor);
+        .with_executor(DefaultSignalsExecutor::default());
     Ok(match io {
         ProcessIo::Pipes {
             stdin,
@@ -104,7 +104,9 @@ pub fn load(info: &ContainerInfo) -> Result<Container, BackendError> {
 pub fn load_from(root: &Path, id: &str) -> Result<Container, BackendError> {
     let dir = root.join(id);
     if !dir.exists() {
-        return Err(BackendError::NotFound(id.to_string()));
+        return Err(BackendError::NotFound(format!(
+            "container {id:?} not found by libcontainer"
+        )));
     }
     Container::load(dir).map_err(failed("load"))
 }

@@ -20,6 +20,7 @@ use libshim::{Backend, BackendError, CheckpointRequest, ContainerInfo, RuntimeOp
 mod call;
 mod cgroup_dirs;
 mod checkpoint;
+mod exec_seccomp;
 mod executor;
 mod features;
 mod freezer;
@@ -84,9 +85,19 @@ impl Backend for SandboxBackend {
         spec: &[u8],
         io: ProcessIo,
     ) -> Result<u32, BackendError> {
+        // libcontainer leaves the container's seccomp profile out of execs: the shim applies it.
+        let mut process: serde_json::Value = serde_json::from_slice(spec).map_err(|e| {
+            BackendError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
+        })?;
+        let seccomp =
+            exec_seccomp::plan(exec_seccomp::container_profile(&info.bundle)?, &mut process)?;
+        let spec = serde_json::to_vec(&process).map_err(|e| {
+            BackendError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
+        })?;
         // libcontainer's tenant builder reads the process from a file, as `runc exec --process`.
-        let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), spec)?;
-        let b = call::builder(info, io)?;
+        let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), &spec)?;
+        let b =
+            call::builder(info, io)?.with_executor(executor::DefaultSignalsExecutor { seccomp });
         let dir = state_root(&info.options, &info.namespace).join(&info.id);
         let before = tenant::sockets(&dir);
         let built = guarded(|| {
