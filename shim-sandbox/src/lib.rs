@@ -25,6 +25,7 @@ mod executor;
 mod features;
 mod freezer;
 mod kill_all;
+mod preflight;
 mod resources;
 mod stopped;
 mod tenant;
@@ -60,6 +61,7 @@ impl Backend for SandboxBackend {
                 "SystemdCgroup is set but systemd is not running here (no {SYSTEMD_RUNNING})"
             )));
         }
+        preflight::check_bundle(&info.bundle)?;
         let b = call::builder(info, io)?;
         // In the bundle, as `runc create` runs: hooks that look for config.json there find it.
         let c = guarded_in(&info.bundle, || {

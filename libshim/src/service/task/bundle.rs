@@ -39,7 +39,7 @@ fn validate_identifier(what: &str, id: &str) -> Result<()> {
 
 /// Whether the container's processes outlive its init: without a PID namespace of its own
 /// (none in the spec: the host's; or one joined by path) the kernel does not end them with it.
-pub(super) fn outlives_init(spec: &serde_json::Value) -> bool {
+pub fn outlives_init(spec: &serde_json::Value) -> bool {
     let own_pid_namespace = spec["linux"]["namespaces"].as_array().is_some_and(|all| {
         all.iter()
             .any(|n| n["type"] == "pid" && n["path"].as_str().unwrap_or("").is_empty())
@@ -48,7 +48,7 @@ pub(super) fn outlives_init(spec: &serde_json::Value) -> bool {
 }
 
 /// The host uid and gid the container's root maps to (0, 0 without a user namespace).
-pub(super) fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
+pub fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
     let host_of_root = |key: &str| {
         spec.pointer(&format!("/linux/{key}"))
             .and_then(|m| m.as_array())
@@ -68,7 +68,7 @@ pub(super) fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
 }
 
 /// Refuses a bundle the runtime would fail on less clearly; returns its config.
-pub(super) fn check_bundle(bundle: &std::path::Path) -> Result<serde_json::Value> {
+pub fn check_bundle(bundle: &std::path::Path) -> Result<serde_json::Value> {
     let config = bundle.join("config.json");
     let data = std::fs::read(&config).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -87,6 +87,7 @@ pub(super) fn check_bundle(bundle: &std::path::Path) -> Result<serde_json::Value
             config.display()
         )));
     }
+    check_bind_sources(&spec)?;
     if let Some(root) = spec.pointer("/root/path").and_then(|r| r.as_str()) {
         let root = bundle.join(root);
         if !root.is_dir() {
@@ -97,6 +98,30 @@ pub(super) fn check_bundle(bundle: &std::path::Path) -> Result<serde_json::Value
         }
     }
     Ok(spec)
+}
+
+/// A bind mount whose source does not exist fails deep in the runtime's init (libcontainer
+/// says only "failed to prepare rootfs"); name it here, before anything is made.
+fn check_bind_sources(spec: &serde_json::Value) -> Result<()> {
+    let Some(mounts) = spec["mounts"].as_array() else {
+        return Ok(());
+    };
+    for m in mounts {
+        let is_bind = m["type"] == "bind"
+            || m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        let (Some(source), Some(destination)) = (m["source"].as_str(), m["destination"].as_str())
+        else {
+            continue;
+        };
+        if is_bind && std::fs::symlink_metadata(source).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "the source {source:?} of the bind mount at {destination:?} does not exist"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -140,5 +165,20 @@ mod tests {
         let err = validate_namespace(&"n".repeat(78)).unwrap_err().to_string();
         assert!(err.starts_with("invalid namespace"), "{err}");
         assert!(validate_namespace("k8s.io").is_ok());
+    }
+
+    #[test]
+    fn a_missing_bind_source_is_named() {
+        let spec = serde_json::json!({"mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/data", "type": "bind", "source": "/nonexistent/x", "options": ["rbind"]}
+        ]});
+        let err = super::check_bind_sources(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/x") && err.contains("/data"),
+            "{err}"
+        );
+        let fine = serde_json::json!({"mounts": [{"destination": "/d", "source": "/tmp", "options": ["rbind"]}]});
+        super::check_bind_sources(&fine).unwrap();
     }
 }
