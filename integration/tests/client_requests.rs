@@ -57,3 +57,45 @@ shim_tests!(a_real_time_signal_reaches_an_exec, |ctx| {
     );
     c.remove("rt").await;
 });
+
+// CRI gives every container an oomScoreAdj (1000 for a BestEffort pod); the shim keeps its own
+// (containerd's + 1), so the kernel does not pick it with the container.
+shim_tests!(the_shim_keeps_its_own_oom_score, |ctx| {
+    let c = &ctx.client;
+    let mut s = spec::spec(&["sleep", "1000"]);
+    s["process"]["oomScoreAdj"] = serde_json::json!(999);
+    let _io = c.run("oom", &s).await;
+    let shim = ctx.containerd.shim_pid_of("oom").expect("serving shim");
+    let score = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    let before = score(shim);
+    let mut process = s["process"].clone();
+    process["args"] = serde_json::json!(["cat", "/proc/self/oom_score_adj"]);
+    let mut io = c.io("oom-e", false);
+    c.exec("oom", "e", &process, Some(&io), false)
+        .await
+        .unwrap();
+    c.start("oom", "e").await.unwrap();
+    c.wait("oom", "e").await.unwrap();
+    c.delete_process("oom", "e").await.unwrap();
+    // crun 1.8 leaves an exec the score it was started with; runc and libcontainer apply it.
+    if ctx.binary != integration::Binary::Crun {
+        assert_eq!(
+            io.stdout_text().trim(),
+            "999",
+            "the exec has the container's score"
+        );
+    }
+    let init = c.wait_for_pids("oom", 1).await[0];
+    assert_eq!(
+        score(init).trim(),
+        "999",
+        "the init has the container's score"
+    );
+    assert_eq!(
+        score(shim),
+        before,
+        "the shim's own is untouched by create and exec"
+    );
+    assert_ne!(before.trim(), "999");
+    c.remove("oom").await;
+});

@@ -25,6 +25,7 @@ mod executor;
 mod features;
 mod freezer;
 mod kill_all;
+mod own_settings;
 mod preflight;
 mod resources;
 mod stopped;
@@ -65,11 +66,13 @@ impl Backend for SandboxBackend {
         let b = call::builder(info, io)?;
         // In the bundle, as `runc create` runs: hooks that look for config.json there find it.
         let c = guarded_in(&info.bundle, || {
-            b.as_init(&info.bundle)
-                .with_systemd(systemd)
-                .with_detach(true)
-                .with_no_pivot(info.options.no_pivot_root)
-                .build()
+            own_settings::kept(|| {
+                b.as_init(&info.bundle)
+                    .with_systemd(systemd)
+                    .with_detach(true)
+                    .with_no_pivot(info.options.no_pivot_root)
+                    .build()
+            })
         })
         .map_err(failed("create"))?;
         pid_of(c.pid().map(i32::from))
@@ -103,10 +106,12 @@ impl Backend for SandboxBackend {
         let dir = state_root(&info.options, &info.namespace).join(&info.id);
         let before = tenant::sockets(&dir);
         let built = guarded(|| {
-            b.as_tenant()
-                .with_detach(true)
-                .with_process(Some(process.path()))
-                .build()
+            own_settings::kept(|| {
+                b.as_tenant()
+                    .with_detach(true)
+                    .with_process(Some(process.path()))
+                    .build()
+            })
         });
         tenant::remove_new(&dir, &before);
         Ok(built.map_err(failed("exec"))?.as_raw() as u32)
