@@ -99,3 +99,24 @@ shim_tests!(the_shim_keeps_its_own_oom_score, |ctx| {
     assert_ne!(before.trim(), "999");
     c.remove("oom").await;
 });
+
+// An exec whose program does not exist fails to start; containerd's clients then wait for its
+// exit before they delete it (CRI's ExecSync does, with a minute's context): it must come.
+shim_tests!(an_exec_that_fails_to_start_can_be_waited_for, |ctx| {
+    let c = &ctx.client;
+    let _io = c.run("nostart", &spec::spec(&["sleep", "1000"])).await;
+    let process = spec::process(&["/no/such/program"], false);
+    c.exec("nostart", "e", &process, None, false).await.unwrap();
+    assert!(c.start("nostart", "e").await.is_err(), "a missing program");
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), c.wait("nostart", "e"))
+        .await
+        .expect("Wait answers for an exec that never started");
+    assert!(waited.is_ok(), "{waited:?}");
+    integration::client::assert_code(
+        c.kill("nostart", "e", 9, false).await,
+        containerd_client::tonic::Code::NotFound,
+        "",
+    );
+    c.delete_process("nostart", "e").await.unwrap();
+    c.remove("nostart").await;
+});

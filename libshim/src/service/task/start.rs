@@ -1,6 +1,9 @@
 //! Start of an init (or its restore) and of an exec.
 use super::*;
 
+/// What Wait reports for an exec whose start failed: no process ever ran.
+const FAILED_START_STATUS: u32 = 255;
+
 impl<B: Backend> TaskService<B> {
     /// Start of a container created from a checkpoint: the runtime restores it now.
     pub(super) async fn restore_init(
@@ -100,17 +103,28 @@ impl<B: Backend> TaskService<B> {
             )));
         }
         let spec = p.spec.clone();
+        let launched = self
+            .launch(&info, exec_id, p.stdio_request.clone(), |io| async {
+                let pid = self.inner.backend.exec(&info, exec_id, &spec, io).await;
+                pid.map_err(Error::from)
+            })
+            .await;
         let Launched {
             stdio,
             pid,
             early,
             pidfd,
-        } = self
-            .launch(&info, exec_id, p.stdio_request.clone(), |io| async {
-                let pid = self.inner.backend.exec(&info, exec_id, &spec, io).await;
-                pid.map_err(Error::from)
-            })
-            .await?;
+        } = match launched {
+            Ok(l) => l,
+            Err(e) => {
+                // There is no process to wait for, and containerd's clients wait anyway: CRI's
+                // ExecSync, after a failed start, waits for the exit before it deletes (a minute,
+                // until its context ends). The exec ends here, as in the Go shim, without an
+                // exit event (it never started).
+                p.set_exited(FAILED_START_STATUS, SystemTime::now());
+                return Err(e);
+            }
+        };
         p.pid = pid;
         p.pidfd = pidfd;
         p.stdio = Some(stdio);
