@@ -120,3 +120,19 @@ shim_tests!(an_exec_that_fails_to_start_can_be_waited_for, |ctx| {
     c.delete_process("nostart", "e").await.unwrap();
     c.remove("nostart").await;
 });
+
+// containerd's CRI runs the pause image's `/pause` with the image's environment, which has no
+// PATH: a program named by its path needs none.
+shim_tests!(a_program_named_by_its_path_runs_without_path, |ctx| {
+    let c = &ctx.client;
+    let mut s = spec::spec(&["/bin/sh", "-c", "echo ran"]);
+    s["process"]["env"] = serde_json::json!([]);
+    c.create_container("nopath", &s).await.unwrap();
+    let mut io = c.io("nopath", false);
+    c.create_task("nopath", Some(&io), false).await.unwrap();
+    c.start("nopath", "").await.unwrap();
+    assert_eq!(c.wait("nopath", "").await.unwrap(), 0);
+    assert_eq!(io.stdout_text(), "ran\n");
+    c.delete_task("nopath").await.unwrap();
+    c.delete_container("nopath").await.unwrap();
+});

@@ -26,6 +26,63 @@ impl Executor for DefaultSignalsExecutor {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        // libcontainer wants PATH in the environment even for a program named by its path;
+        // runc does not look PATH up then, and pause images (containerd's CRI runs `/pause`)
+        // carry none.
+        if let Some(program) = named_by_path_without_path_env(spec) {
+            return check_program(program);
+        }
         DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The program, when it is named by a path (has a `/`) and the environment has no PATH.
+fn named_by_path_without_path_env(spec: &Spec) -> Option<&str> {
+    let process = spec.process().as_ref()?;
+    let program = process.args().as_ref()?.first()?;
+    let has_path = process
+        .env()
+        .as_ref()
+        .is_some_and(|env| env.iter().any(|e| e.starts_with("PATH=")));
+    (program.contains('/') && !has_path).then_some(program.as_str())
+}
+
+/// What libcontainer checks of a program it found on PATH: a file that may be executed.
+fn check_program(program: &str) -> Result<(), ExecutorValidationError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |why: String| ExecutorValidationError::ArgValidationError(why);
+    let meta =
+        std::fs::metadata(program).map_err(|e| bad(format!("executable {program:?}: {e}")))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad(format!("{program:?} is not an executable file")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(args: &[&str], env: &[&str]) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": args, "env": env, "cwd": "/", "user": {"uid": 0, "gid": 0}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_program_named_by_its_path_needs_no_path_variable() {
+        let pause = spec(&["/bin/sh"], &[]);
+        assert_eq!(named_by_path_without_path_env(&pause), Some("/bin/sh"));
+        assert!(DefaultSignalsExecutor::default().validate(&pause).is_ok());
+        let missing = spec(&["/no/such/pause"], &[]);
+        let err = DefaultSignalsExecutor::default()
+            .validate(&missing)
+            .unwrap_err();
+        assert!(err.to_string().contains("/no/such/pause"), "{err}");
+        assert!(named_by_path_without_path_env(&spec(&["sh"], &[])).is_none());
+        assert!(named_by_path_without_path_env(&spec(&["/bin/sh"], &["PATH=/bin"])).is_none());
     }
 }
