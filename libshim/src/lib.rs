@@ -17,6 +17,7 @@ pub use error::{error_chain, BackendError, Error};
 pub use options::RuntimeOptions;
 pub mod bootstrap;
 pub mod events;
+pub mod fuzzing;
 pub mod metrics;
 pub mod mount;
 pub mod process;

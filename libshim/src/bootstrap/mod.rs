@@ -4,7 +4,7 @@ mod address;
 mod args;
 mod fork;
 mod logger;
-mod protocol;
+pub(crate) mod protocol;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

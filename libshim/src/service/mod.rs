@@ -1,7 +1,7 @@
 //! The ttrpc task service.
 mod exits;
 pub mod status;
-mod task;
+pub(crate) mod task;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -182,14 +182,18 @@ pub fn with_terminal(spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
     let object = value
         .as_object_mut()
         .ok_or_else(|| Error::InvalidArgument("exec process spec is not a JSON object".into()))?;
-    if object
-        .get("terminal")
-        .and_then(|t| t.as_bool())
-        .unwrap_or(false)
-        == terminal
-    {
+    // runc reads the spec with Go's encoding/json, which takes the key in any case, the last
+    // one wins and a null changes nothing: the spec is handed on as it is only when the one
+    // key is exactly `terminal` with the request's boolean (or absent, for no terminal).
+    let agrees = match object.get("terminal") {
+        Some(serde_json::Value::Bool(t)) => *t == terminal,
+        None => !terminal,
+        Some(_) => false,
+    };
+    if agrees && !object.keys().any(|k| k != "terminal" && names_terminal(k)) {
         return Ok(spec.to_vec());
     }
+    object.retain(|k, _| !names_terminal(k));
     object.insert("terminal".into(), serde_json::Value::Bool(terminal));
     serde_json::to_vec(&value)
         .map_err(|e| Error::InvalidArgument(format!("exec process spec: {e}")))
@@ -198,6 +202,17 @@ pub fn with_terminal(spec: &[u8], terminal: bool) -> Result<Vec<u8>> {
 /// Whether a signal failed because its process has exited.
 fn is_gone(sent: std::io::Result<()>) -> bool {
     sent.is_err_and(|e| e.raw_os_error() == Some(libc::ESRCH))
+}
+
+/// Whether Go's encoding/json decodes `key` into the spec's `terminal`: ASCII letters in any
+/// case, and since Go 1.21 `ı` or `İ` for the `i` (it folds keys through simple case mappings).
+fn names_terminal(key: &str) -> bool {
+    key.chars()
+        .map(|c| match c {
+            '\u{131}' | '\u{130}' => 'i',
+            c => c.to_ascii_lowercase(),
+        })
+        .eq("terminal".chars())
 }
 
 #[cfg(test)]
@@ -223,5 +238,35 @@ mod tests {
         );
         assert!(with_terminal(b"[1]", true).is_err());
         assert!(with_terminal(b"{", true).is_err());
+    }
+
+    /// Found by `fuzz/fuzz_targets/exec_process.rs` (fuzz/regressions/exec_process/): runc's
+    /// Go decoder read `TERMINAL` (any case) as `terminal`, and a trailing null as no change,
+    /// so a request without a terminal got a runc exec with one (which then fails).
+    #[test]
+    fn the_request_decides_whatever_case_or_duplicates_the_spec_has() {
+        for (spec, terminal) in [
+            (&br#"{"TERMINAL":true}"#[..], false),
+            (
+                br#"{"args":["sh"],"Terminal":true,"terminal":false}"#,
+                false,
+            ),
+            (br#"{"terminal":true,"terminal":null}"#, false),
+            ("{\"term\u{131}nal\":true}".as_bytes(), false),
+            (br#"{"terminal":false,"tErminal":false}"#, true),
+            (br#"{"terminal":"yes"}"#, false),
+        ] {
+            let out = with_terminal(spec, terminal).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+            assert_eq!(keys.iter().filter(|k| super::names_terminal(k)).count(), 1);
+            assert_eq!(
+                value["terminal"],
+                terminal,
+                "{}",
+                String::from_utf8_lossy(spec)
+            );
+        }
+        assert!(super::names_terminal("TERMİNAL") && !super::names_terminal("terminals"));
     }
 }
