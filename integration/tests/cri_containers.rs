@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use integration::cri::api::*;
 use integration::cri::client::*;
-use integration::cri::{tonic, Handler};
+use integration::cri::tonic;
 use integration::cri_tests;
 
 cri_tests!(container_lifecycle_and_status, |ctx| {
@@ -154,14 +154,6 @@ cri_tests!(exec_sync_of_a_missing_program_fails_at_once, |ctx| {
     match missing {
         Ok(Err(e)) => assert!(e.message().contains("/no/such/program"), "{e:?}"),
         Ok(Ok(r)) => assert_ne!(r.exit_code, 0, "exec of a missing program succeeded: {r:?}"),
-        Err(_) if ctx.handler != Handler::GoRunc => {
-            ctx.known_failure(
-                "ExecSync of a missing program hangs for containerd's 1-minute clean-up: after \
-                 a failed exec Start the shim leaves the exec Created, so Wait never answers",
-                &format!("no answer after {:?}", start.elapsed()),
-            );
-            return;
-        }
         Err(_) => panic!("no answer after {:?}", start.elapsed()),
     }
     assert_eq!(pod.exec_ok(&c, &["echo", "alive"]).await, "alive\n");
@@ -311,10 +303,7 @@ cri_tests!(container_stats, |ctx| {
         .await
         .expect("ContainerStats");
     assert_eq!(stats.attributes.as_ref().unwrap().id, busy);
-    let cpu = stats
-        .cpu
-        .as_ref()
-        .and_then(|c| c.usage_core_nano_seconds);
+    let cpu = stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds);
     assert!(cpu.is_some_and(|v| v.value > 10_000_000), "cpu: {stats:?}");
     let working_set = stats
         .memory
