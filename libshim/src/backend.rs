@@ -46,11 +46,12 @@ impl ContainerInfo {
 pub struct BundleFile(PathBuf);
 
 impl BundleFile {
-    /// Writes `data` to `path`.
+    /// Writes `data` to `path`. A write that fails (ENOSPC) removes the file it created.
     pub fn write(path: PathBuf, data: &[u8]) -> Result<Self, BackendError> {
-        std::fs::write(&path, data)
-            .map_err(|e| BackendError::io(format!("write {}", path.display()), e))?;
-        Ok(Self(path))
+        let file = Self(path);
+        std::fs::write(&file.0, data)
+            .map_err(|e| BackendError::io(format!("write {}", file.0.display()), e))?;
+        Ok(file)
     }
 
     /// A path the runtime is to create.

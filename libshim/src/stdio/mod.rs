@@ -159,14 +159,19 @@ impl Stdio {
 
     /// Waits (bounded) until every output copy has drained, so no output is lost on delete.
     pub async fn wait_drained(&mut self, limit: Duration) {
-        let copies = std::mem::take(&mut self.output_copies);
+        let mut copies = std::mem::take(&mut self.output_copies);
         let all = async {
-            for c in copies {
+            for c in copies.iter_mut() {
                 let _ = c.await;
             }
         };
         if tokio::time::timeout(limit, all).await.is_err() {
             log::warn!("stdio copies did not drain within {limit:?}; closing them");
+            // A dropped JoinHandle detaches its task: abort it, or it keeps the fifo and
+            // the pipe (and waits on them) for as long as the shim lives.
+            for c in &copies {
+                c.abort();
+            }
         }
         if let Some(logger) = self.logger.as_mut() {
             logger.wait(limit).await;
