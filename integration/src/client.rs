@@ -568,3 +568,18 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
     }
     zombies
 }
+
+impl Client {
+    /// Create with `rootfs` as the mounts the shim makes at the bundle's `rootfs` (as
+    /// containerd passes a snapshot's); the spec's root should then be `rootfs`.
+    pub async fn create_task_with_rootfs(
+        &self,
+        id: &str,
+        io: Option<&TaskIo>,
+        rootfs: Vec<containerd_client::types::Mount>,
+    ) -> Result<u32, Status> {
+        let mut req = task_request(id, io, false, Some(options_any(&self.options())));
+        req.rootfs = rootfs;
+        self.send_create(req).await
+    }
+}

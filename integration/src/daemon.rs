@@ -573,3 +573,36 @@ impl Drop for Containerd {
     }
 }
 
+impl Containerd {
+    /// containerd's state directory (the bundles are below it), as containerd sees it.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `path` of containerd's mount namespace as seen from here: through `/proc/PID/root`
+    /// when its state is on a tmpfs of its own ([`Settings::state_on_tmpfs`]).
+    pub fn seen_from_here(&self, path: &Path) -> PathBuf {
+        self.view_root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// Limits one of the tmpfs mounts [`Settings::state_on_tmpfs`] makes in containerd's mount
+    /// namespace ([`Self::state_dir`] or `/run/containerd`) to `size` (tmpfs's `size=`, "8m").
+    pub fn resize_tmpfs(&self, dir: &Path, size: &str) {
+        assert!(
+            self.settings.state_on_tmpfs,
+            "containerd's state is not on a tmpfs"
+        );
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "mount", "-o"])
+            .arg(format!("remount,size={size}"))
+            .arg(dir)
+            .output()
+            .expect("run nsenter");
+        assert!(
+            out.status.success(),
+            "resize the tmpfs at {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -8,6 +8,7 @@ pub mod cri;
 pub mod daemon;
 pub mod events;
 pub mod fifo;
+pub mod inspect;
 pub mod rootfs;
 pub mod runtime;
 pub mod spec;
