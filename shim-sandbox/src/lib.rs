@@ -19,6 +19,7 @@ use libshim::{Backend, BackendError, CheckpointRequest, ContainerInfo, RuntimeOp
 
 mod call;
 mod cgroup_dirs;
+mod cgroup_mount;
 mod checkpoint;
 mod exec_seccomp;
 mod executor;
@@ -64,8 +65,10 @@ impl Backend for SandboxBackend {
         }
         preflight::check_bundle(&info.bundle)?;
         let b = call::builder(info, io)?;
+        let state_dir = state_root(&info.options, &info.namespace).join(&info.id);
+        let had_state = state_dir.exists();
         // In the bundle, as `runc create` runs: hooks that look for config.json there find it.
-        let c = guarded_in(&info.bundle, || {
+        let built = guarded_in(&info.bundle, || {
             own_settings::kept(|| {
                 b.as_init(&info.bundle)
                     .with_systemd(systemd)
@@ -73,8 +76,19 @@ impl Backend for SandboxBackend {
                     .with_no_pivot(info.options.no_pivot_root)
                     .build()
             })
-        })
-        .map_err(failed("create"))?;
+        });
+        let c = match built {
+            Ok(c) => c,
+            Err(e) => {
+                // libcontainer makes the state directory first and leaves it when a later step
+                // fails (an empty state.json when the disk is full): no delete can load it, and
+                // the id could never be created again.
+                if !had_state {
+                    let _ = std::fs::remove_dir_all(&state_dir);
+                }
+                return Err(failed("create")(e));
+            }
+        };
         pid_of(c.pid().map(i32::from))
     }
 
