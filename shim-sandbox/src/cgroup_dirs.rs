@@ -11,7 +11,7 @@ use libcgroups::common::{get_cgroup_setup, CgroupSetup};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The v1 controllers libcgroups manages; a hierarchy with none of them (name=systemd) holds
 /// no directory of the container's.
-const V1_CONTROLLERS: [&str; 12] = [
+pub(crate) const V1_CONTROLLERS: [&str; 12] = [
     "cpu",
     "cpuacct",
     "cpuset",
@@ -59,7 +59,7 @@ pub fn v1(path: &Path, controller: &str) -> Option<PathBuf> {
 }
 
 /// `path` below the hierarchy roots, if it is absolute and does not climb (no `..`).
-fn relative(path: &Path) -> Option<&Path> {
+pub(crate) fn relative(path: &Path) -> Option<&Path> {
     let plain = path.is_absolute()
         && path
             .components()
@@ -107,7 +107,7 @@ fn parse_v1_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as octal escapes.
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('\\') {

@@ -1,7 +1,9 @@
 //! What the shim settles in a bundle before libcontainer creates the container: containerd's
 //! CRI writes `rootfsPropagation` as runc names it ("rshared", "rslave", "rprivate"), which
 //! libcontainer 0.7 refuses deep in the container's init ("failed to prepare rootfs", no
-//! cause); it is rewritten in the form libcontainer takes, with the same effect. (What both
+//! cause); it is rewritten in the form libcontainer takes, with the same effect. The cgroup
+//! mount of a container that joins a PID namespace is resolved here on cgroup v1
+//! (`cgroup_mount`). (What both
 //! shims check in every bundle, bind mount sources among it, is libshim's `check_bundle`.)
 use std::path::Path;
 
@@ -26,7 +28,10 @@ pub fn check_bundle(bundle: &Path) -> Result<(), BackendError> {
     let mut spec: Value = serde_json::from_slice(&data).map_err(|e| {
         BackendError::InvalidArgument(format!("create: {} is not JSON: {e}", path.display()))
     })?;
-    if normalize_propagation(&mut spec)? {
+    let renamed = normalize_propagation(&mut spec)?;
+    // Not `||`: both run.
+    let rewritten = crate::cgroup_mount::rewrite(&mut spec)?;
+    if renamed || rewritten {
         let data = serde_json::to_vec(&spec).map_err(|e| {
             BackendError::InvalidArgument(format!("create: {}: {e}", path.display()))
         })?;
