@@ -264,7 +264,9 @@ pub fn restore_args(
 /// themselves; runc 1.1 leaves the process the umask runc was started with.
 pub fn umask_of(process: &[u8]) -> Option<u32> {
     let spec: serde_json::Value = serde_json::from_slice(process).ok()?;
-    spec.pointer("/user/umask")?.as_u64().map(|m| m as u32 & 0o777)
+    spec.pointer("/user/umask")?
+        .as_u64()
+        .map(|m| m as u32 & 0o777)
 }
 
 /// `exec --detach` arguments.
