@@ -349,6 +349,16 @@ shim_tests!(update_applies_new_resources, |ctx| {
 shim_tests!(stats_reach_ctr_task_metrics, |ctx| {
     let c = &ctx.client;
     let _io = c.run("st", &spec::spec(&["sleep", "1000"])).await;
+    // Start returns once the runtime let the init go: until it has exec'd `sleep`, runc's
+    // `runc init` (five threads, each counted by pids.current) is what the cgroup holds.
+    let init = c.wait_for_pids("st", 1).await[0];
+    for _ in 0..250 {
+        let comm = std::fs::read_to_string(format!("/proc/{init}/comm")).unwrap_or_default();
+        if comm.trim() == "sleep" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let out = ctx.containerd.ctr(&["task", "metrics", "st"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
