@@ -289,11 +289,25 @@ impl Containerd {
     }
 
     /// Pids of shim processes started by this daemon (they carry its address).
+    ///
+    /// Serving shims only. Two kinds of process carry a shim's command line for a moment
+    /// without serving: what the sandbox shim forks for libcontainer (its intermediate, a
+    /// container's init until it execs: children of a serving shim, so left out by parent), and
+    /// a `start` or `delete` action still running (left out by its last argument; the serving
+    /// process's command line is rewritten without it).
     pub fn shim_pids(&self) -> Vec<u32> {
         let address = self.socket().to_string_lossy().into_owned();
-        processes_with_arg(&address)
+        let shims: Vec<(u32, Vec<String>)> = processes_with_arg(&address)
             .into_iter()
             .filter(|(_, cmd)| cmd.first().is_some_and(|c| c.contains("containerd-shim")))
+            .collect();
+        let pids: Vec<u32> = shims.iter().map(|(pid, _)| *pid).collect();
+        shims
+            .into_iter()
+            .filter(|(pid, cmd)| {
+                cmd.last().is_none_or(|a| a != "start" && a != "delete")
+                    && parent_of(*pid).is_none_or(|parent| !pids.contains(&parent))
+            })
             .map(|(pid, _)| pid)
             .collect()
     }
@@ -440,6 +454,13 @@ fn spawn(d: &Path, path: &str, settings: Settings) -> Child {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     cmd.spawn().expect("start containerd")
+}
+
+/// The parent of `pid` (the 4th field of /proc/PID/stat, after the parenthesised name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// (pid, argv) of every process with `arg` somewhere in its command line.
