@@ -269,7 +269,14 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
         backend
             .cleanup(&args.id, &args.namespace, &bundle, &options)
             .await
-            .map_err(Error::from)
+            .map_err(Error::from)?;
+        // As after a Delete the serving shim answers: a v2 cgroup runc 1.1 left (runc#4047).
+        if !options.systemd_cgroup {
+            if let Some(cgroup) = crate::metrics::Cgroup::v2_of_bundle(&bundle) {
+                cgroup.remove_leftover().await;
+            }
+        }
+        Ok::<_, Error>(())
     })?;
     mount::unmount_rootfs(&bundle.join("rootfs"))?;
     remove_dead_socket(&bundle);

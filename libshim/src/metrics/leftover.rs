@@ -13,6 +13,24 @@ const TRIES: u32 = 20;
 const PAUSE: Duration = Duration::from_millis(10);
 
 impl Cgroup {
+    /// The v2 cgroup a bundle's spec names (`linux.cgroupsPath`, a path below the hierarchy)
+    /// on a host where `/sys/fs/cgroup` is the v2 hierarchy; for the `delete` action, which has
+    /// no live process to find it from.
+    pub fn v2_of_bundle(bundle: &Path) -> Option<Self> {
+        let root = Path::new("/sys/fs/cgroup");
+        if !root.join("cgroup.controllers").exists() {
+            return None;
+        }
+        let data = std::fs::read(bundle.join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&data).ok()?;
+        let path = spec.pointer("/linux/cgroupsPath")?.as_str()?;
+        // "slice:prefix:name" is systemd's form, and a relative path is the runtime's to place.
+        let relative = path
+            .strip_prefix('/')
+            .filter(|p| !p.is_empty() && !p.contains(':'))?;
+        Some(Cgroup::V2(root.join(relative)))
+    }
+
     /// Removes the container's v2 cgroup, and any cgroups below it, if the runtime left them.
     /// Costs one `stat` when it did not. A cgroup that will not go is logged, not an error:
     /// the runtime has deleted the container by then.
