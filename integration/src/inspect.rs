@@ -68,11 +68,9 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The socket of the shim serving `id`, from the `address` file in its bundle.
+/// The socket of the shim serving `id`, as containerd recorded it in the bundle.
 pub fn shim_socket(containerd: &Containerd, id: &str) -> PathBuf {
-    let address = std::fs::read_to_string(containerd.bundle(id).join("address"))
-        .unwrap_or_else(|e| panic!("the address file in {id}'s bundle: {e}"));
-    PathBuf::from(address.trim().trim_start_matches("unix://"))
+    containerd.shim_socket(id)
 }
 
 /// The cgroup directories container `id` still has, in every hierarchy of this host (its

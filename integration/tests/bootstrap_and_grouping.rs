@@ -60,8 +60,7 @@ async fn gone(pid: u32) -> bool {
 }
 
 fn socket_of(ctx: &integration::runtime::Ctx, id: &str) -> std::path::PathBuf {
-    let uri = std::fs::read_to_string(ctx.containerd.bundle(id).join("address")).unwrap();
-    std::path::PathBuf::from(uri.trim().trim_start_matches("unix://"))
+    ctx.containerd.shim_socket(id)
 }
 
 async fn grouped_by(ctx: integration::runtime::Ctx, annotation: &str) {

@@ -11,9 +11,10 @@ use ttrpc::Code;
 
 /// The shim's socket path, from the bundle's `address` file.
 fn shim_socket(ctx: &integration::runtime::Ctx, id: &str) -> String {
-    let address = std::fs::read_to_string(ctx.containerd.bundle(id).join("address"))
-        .expect("the shim's address in the bundle");
-    address.trim().trim_start_matches("unix://").to_string()
+    ctx.containerd
+        .shim_socket(id)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn connect(path: &str) -> UnixStream {

@@ -14,7 +14,7 @@ fn member(args: &[&str]) -> serde_json::Value {
 
 /// The address of the shim serving `id`, as containerd recorded it in the bundle.
 fn shim_address(ctx: &Ctx, id: &str) -> String {
-    std::fs::read_to_string(ctx.containerd.bundle(id).join("address")).expect("address file")
+    ctx.containerd.shim_address(id)
 }
 
 /// Exec `args` in `id`, with or without a terminal; returns the exit status and output. A

@@ -268,6 +268,29 @@ impl Containerd {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// The address (`unix://…`) of the shim serving `id`: the bundle's `address` file, which
+    /// our shims and containerd 1.x's Go shim write, else containerd 2.x's `bootstrap.json`
+    /// (its Go shim no longer writes `address`).
+    pub fn shim_address(&self, id: &str) -> String {
+        let bundle = self.bundle(id);
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address")) {
+            return address.trim().to_string();
+        }
+        let params = std::fs::read(bundle.join("bootstrap.json"))
+            .unwrap_or_else(|e| panic!("neither address nor bootstrap.json in {id}'s bundle: {e}"));
+        let params: serde_json::Value =
+            serde_json::from_slice(&params).expect("bootstrap.json is JSON");
+        params["address"]
+            .as_str()
+            .expect("bootstrap.json has an address")
+            .to_string()
+    }
+
+    /// The socket path of the shim serving `id` (see [`Self::shim_address`]).
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        PathBuf::from(self.shim_address(id).trim_start_matches("unix://"))
+    }
+
     /// The bundle containerd made for a task.
     pub fn bundle(&self, id: &str) -> PathBuf {
         let state = self.dir.path().join("state/io.containerd.runtime.v2.task");
