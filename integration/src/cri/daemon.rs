@@ -506,7 +506,7 @@ impl CriDaemon {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        remove_cgroups(&self.cgroup_parent());
+        crate::daemon::remove_cgroups(&self.cgroup_parent());
         // The namespaces end with their last process; then nothing is mounted below the
         // directory any more.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -578,49 +578,4 @@ fn containerd_version() -> (u32, u32) {
         .split(['.', '~', '-', '+'])
         .map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(1), parts.next().unwrap_or(0))
-}
-
-/// Removes the cgroup `parent` (cgroupfs path) and everything below it in every hierarchy,
-/// killing what is still inside.
-pub fn remove_cgroups(parent: &str) {
-    let rel = parent.trim_start_matches('/');
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .map(|h| h.flatten().map(|h| h.path().join(rel)).collect())
-        .unwrap_or_default();
-    dirs.push(Path::new("/sys/fs/cgroup").join(rel));
-    dirs.sort_by_key(|d| !d.starts_with("/sys/fs/cgroup/freezer"));
-    for dir in dirs {
-        remove_cgroup_tree(&dir);
-    }
-}
-
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(children) = std::fs::read_dir(dir) {
-        for c in children.flatten() {
-            if c.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&c.path());
-            }
-        }
-    }
-    if !dir.exists() {
-        return;
-    }
-    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
-    let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
-    for attempt in 0..100 {
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        if attempt == 99 {
-            eprintln!("cleanup: could not remove cgroup {}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -122,16 +122,15 @@ impl Drop for Containerd {
 }
 
 /// Removes the (empty) `/<namespace>` cgroups the containers were placed under, in every
-/// hierarchy; the runtimes remove only each container's own leaf.
-fn remove_cgroups(namespace: &str) {
+/// hierarchy; the runtimes remove only each container's own leaf. `parent` is a cgroup path
+/// (a leading `/` or none), also a CRI test's pod cgroup parent.
+pub(crate) fn remove_cgroups(parent: &str) {
+    let rel = parent.trim_start_matches('/');
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
-    let mut dirs: Vec<PathBuf> = hierarchies
-        .flatten()
-        .map(|h| h.path().join(namespace))
-        .collect();
-    dirs.push(Path::new("/sys/fs/cgroup").join(namespace));
+    let mut dirs: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join(rel)).collect();
+    dirs.push(Path::new("/sys/fs/cgroup").join(rel));
     // The freezer hierarchy first: its processes die only once thawed, and until they are gone
     // no hierarchy's directory can go.
     dirs.sort_by_key(|d| !d.starts_with("/sys/fs/cgroup/freezer"));

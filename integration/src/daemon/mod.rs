@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use crate::runtime::shim_bin_dir;
 
 mod cleanup;
+
+pub(crate) use cleanup::remove_cgroups;
 mod launch;
 mod procs;
 
