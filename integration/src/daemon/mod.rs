@@ -13,8 +13,8 @@ mod launch;
 mod procs;
 
 use launch::spawn;
-use procs::parent_of;
-pub use procs::processes_with_arg;
+use procs::flag_value;
+pub use procs::{processes_with_arg, serving_shims};
 
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
@@ -142,8 +142,14 @@ impl Containerd {
         let criu = std::env::var("CRIU_BIN_DIR")
             .map(|d| format!("{d}:"))
             .unwrap_or_default();
+        // The Go shim released with CONTAINERD_BIN, for the go_runc arms: containerd looks a
+        // shim up on PATH before beside itself, which would find the system's older one.
+        let release = std::env::var("CONTAINERD_BIN")
+            .ok()
+            .and_then(|b| Some(format!("{}:", Path::new(&b).parent()?.display())))
+            .unwrap_or_default();
         let path = format!(
-            "{}:{}:{criu}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "{}:{}:{criu}{release}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             shim_bin_dir().display(),
             alias_dir.display()
         );
@@ -321,43 +327,34 @@ impl Containerd {
         self.ctr_command(args).output().expect("run ctr")
     }
 
-    /// Pids of shim processes started by this daemon (they carry its address).
-    ///
-    /// Serving shims only. Two kinds of process carry a shim's command line for a moment
-    /// without serving: what the sandbox shim forks for libcontainer (its intermediate, a
-    /// container's init until it execs: children of a serving shim, so left out by parent), and
-    /// a `start` or `delete` action still running (left out by its last argument; the serving
-    /// process's command line is rewritten without it).
+    /// Pids of the shims serving this daemon's containers ([`serving_shims`]).
     pub fn shim_pids(&self) -> Vec<u32> {
-        let address = self.socket().to_string_lossy().into_owned();
-        let shims: Vec<(u32, Vec<String>)> = processes_with_arg(&address)
+        serving_shims(&self.address())
             .into_iter()
-            .filter(|(_, cmd)| cmd.first().is_some_and(|c| c.contains("containerd-shim")))
-            .collect();
-        let pids: Vec<u32> = shims.iter().map(|(pid, _)| *pid).collect();
-        shims
-            .into_iter()
-            .filter(|(pid, cmd)| {
-                cmd.last().is_none_or(|a| a != "start" && a != "delete")
-                    && parent_of(*pid).is_none_or(|parent| !pids.contains(&parent))
-            })
             .map(|(pid, _)| pid)
             .collect()
     }
 
-    /// The serving shim of container `id` (the one started with `-id ID`, or serving its group,
-    /// per the `shim.pid` file our shim and the Go shim's `start` write into the bundle).
+    /// The serving shim of container `id`: the pid the shim's `start` wrote to the bundle's
+    /// `shim.pid` (ours, and the Go shim of containerd 1.x, for a new shim), else the serving
+    /// shim started with `-id ID` (containerd 2.x's Go shim writes no `shim.pid`).
     pub fn shim_pid_of(&self, id: &str) -> Option<u32> {
+        let serving = serving_shims(&self.address());
         let from_file = std::fs::read_to_string(self.bundle(id).join("shim.pid"))
             .ok()
-            .and_then(|s| s.trim().parse().ok());
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|pid| serving.iter().any(|(p, _)| p == pid));
         from_file.or_else(|| {
-            let address = self.socket().to_string_lossy().into_owned();
-            processes_with_arg(&address)
+            serving
                 .into_iter()
-                .find(|(_, argv)| argv.windows(2).any(|w| w[0] == "-id" && w[1] == id))
+                .find(|(_, argv)| flag_value(argv, "id") == Some(id))
                 .map(|(pid, _)| pid)
         })
+    }
+
+    /// The `-address` containerd passes its shims: its gRPC socket.
+    fn address(&self) -> String {
+        self.socket().to_string_lossy().into_owned()
     }
 }
 
