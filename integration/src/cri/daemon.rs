@@ -485,20 +485,8 @@ impl CriDaemon {
     /// (every process of the pods' cgroups), the cgroups, the directory.
     pub fn teardown(&self) {
         let address = self.socket().to_string_lossy().into_owned();
-        if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.lock().unwrap().take() {
+            crate::daemon::stop_child(child);
         }
         for (pid, _) in crate::daemon::processes_with_arg(&address) {
             let _ = nix::sys::signal::kill(

@@ -94,20 +94,8 @@ impl Drop for Containerd {
         }
         self.cleanup_tasks();
         let shims = self.shim_pids();
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_child(child);
         }
         for pid in shims.into_iter().chain(self.shim_pids()) {
             let _ = nix::sys::signal::kill(
@@ -186,4 +174,18 @@ fn unmount_below(dir: &Path) {
     for m in points {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// SIGTERM to a containerd the test started, SIGKILL after 5 s; reaped either way.
+pub(crate) fn stop_child(mut child: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

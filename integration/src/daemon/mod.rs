@@ -8,7 +8,7 @@ use crate::runtime::shim_bin_dir;
 
 mod cleanup;
 
-pub(crate) use cleanup::remove_cgroups;
+pub(crate) use cleanup::{remove_cgroups, stop_child};
 mod launch;
 mod procs;
 
