@@ -12,8 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::runtime::shim_bin_dir;
-
+pub use super::handler::Handler;
 use super::image;
 
 /// The CNI plugins (Debian's `containernetworking-plugins`).
@@ -23,67 +22,9 @@ pub const K8S_NAMESPACE: &str = "k8s.io";
 /// On a hybrid cgroup host crun refuses to run while the v2 hierarchy holds controllers
 /// (see `integration::daemon`): this file is masked with an empty one in containerd's mount
 /// namespace.
-const HYBRID_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
+pub(super) const HYBRID_CONTROLLERS: &str = "/sys/fs/cgroup/unified/cgroup.controllers";
 /// The pods' subnet, on the bridge of containerd's own network namespace.
 pub const POD_SUBNET: &str = "10.88.0.0/16";
-
-/// A CRI runtime handler of the shared containerd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handler {
-    /// `io.containerd.runc.rs-v2` with runc (`ConfigPath` to a TOML naming runc).
-    RuncRsRunc,
-    /// `io.containerd.runc.rs-v2` with crun (`ConfigPath` to a TOML with `BinaryName = "crun"`).
-    RuncRsCrun,
-    /// `io.containerd.sandbox.v2`: libcontainer inside the shim.
-    Sandbox,
-    /// containerd's Go shim, `io.containerd.runc.v2` with runc: the reference.
-    GoRunc,
-}
-
-impl Handler {
-    pub const ALL: [Handler; 4] = [
-        Handler::RuncRsRunc,
-        Handler::RuncRsCrun,
-        Handler::Sandbox,
-        Handler::GoRunc,
-    ];
-
-    /// The handler's name in containerd's config (`RunPodSandboxRequest.runtime_handler`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Handler::RuncRsRunc => "runc-rs",
-            Handler::RuncRsCrun => "runc-rs-crun",
-            Handler::Sandbox => "sandbox",
-            Handler::GoRunc => "go-runc",
-        }
-    }
-
-    pub fn runtime_type(self) -> &'static str {
-        match self {
-            Handler::RuncRsRunc | Handler::RuncRsCrun => "io.containerd.runc.rs-v2",
-            Handler::Sandbox => "io.containerd.sandbox.v2",
-            Handler::GoRunc => "io.containerd.runc.v2",
-        }
-    }
-
-    /// The shim binary containerd starts for this handler.
-    pub fn shim_binary(self) -> &'static str {
-        match self {
-            Handler::RuncRsRunc | Handler::RuncRsCrun => "containerd-shim-runc-rs-v2",
-            Handler::Sandbox => "containerd-shim-sandbox-v2",
-            Handler::GoRunc => "containerd-shim-runc-v2",
-        }
-    }
-
-    /// The OCI runtime binary the shim executes, if any.
-    pub fn oci_runtime(self) -> Option<&'static str> {
-        match self {
-            Handler::RuncRsRunc | Handler::GoRunc => Some("runc"),
-            Handler::RuncRsCrun => Some("crun"),
-            Handler::Sandbox => None,
-        }
-    }
-}
 
 /// The shared containerd of this test binary.
 pub struct CriDaemon {
@@ -92,7 +33,8 @@ pub struct CriDaemon {
     cgroup_parent: String,
     /// The image containerd runs as every pod's sandbox (pause) container.
     sandbox_image: &'static str,
-    child: Mutex<Option<Child>>,
+    /// `unshare`, which runs containerd; taken by [`CriDaemon::teardown`].
+    pub(super) child: Mutex<Option<Child>>,
     pid: u32,
     version: (u32, u32),
     cgroup_v2: bool,
@@ -179,6 +121,11 @@ impl CriDaemon {
         self.pid
     }
 
+    /// The image containerd runs as every pod's sandbox (pause) container.
+    pub fn sandbox_image(&self) -> &'static str {
+        self.sandbox_image
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -237,248 +184,6 @@ impl CriDaemon {
             .stdin(Stdio::null())
             .output()
             .expect("run ctr")
-    }
-
-    fn write_files(&self) {
-        let d = &self.dir;
-        for sub in ["root", "state", "cni/net.d", "shared", "bin"] {
-            std::fs::create_dir_all(d.join(sub)).expect("daemon dir");
-        }
-        std::fs::write(d.join("runc-rs-runc.toml"), "BinaryName = \"runc\"\n").unwrap();
-        std::fs::write(self.crun_config(), "BinaryName = \"crun\"\n").unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "0.4.0",
-            "name": "cri-it",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni-it0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": POD_SUBNET}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-            ],
-        });
-        std::fs::write(d.join("cni/net.d/10-cri-it.conflist"), conflist.to_string()).unwrap();
-        std::fs::write(d.join("config.toml"), self.config()).unwrap();
-    }
-
-    /// containerd's config: `version = 2` (1.x, plugin `io.containerd.grpc.v1.cri`) or
-    /// `version = 3` (2.x, `io.containerd.cri.v1.runtime` / `io.containerd.cri.v1.images`).
-    fn config(&self) -> String {
-        let d = &self.dir;
-        let v3 = self.version.0 >= 2;
-        let (runtime_plugin, images_plugin) = if v3 {
-            (
-                "plugins.'io.containerd.cri.v1.runtime'",
-                "plugins.'io.containerd.cri.v1.images'",
-            )
-        } else {
-            (
-                "plugins.\"io.containerd.grpc.v1.cri\"",
-                "plugins.\"io.containerd.grpc.v1.cri\"",
-            )
-        };
-        let mut c = format!(
-            "version = {version}\nroot = \"{root}\"\nstate = \"{state}\"\n\
-             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"debug\"\n",
-            version = if v3 { 3 } else { 2 },
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = self.socket().display(),
-        );
-        // This machine lacks CAP_SYS_RESOURCE: the pause container's oom_score_adj of -998
-        // cannot be set, so it is restricted to containerd's own (as for a containerd in a
-        // container).
-        let cni = format!(
-            "[{runtime_plugin}.cni]\n  {bin_key} = {cni_bin}\n  conf_dir = \"{conf}\"\n  \
-             max_conf_num = 1\n",
-            bin_key = if v3 { "bin_dirs" } else { "bin_dir" },
-            cni_bin = if v3 {
-                format!("[\"{CNI_BIN_DIR}\"]")
-            } else {
-                format!("\"{CNI_BIN_DIR}\"")
-            },
-            conf = d.join("cni/net.d").display(),
-        );
-        if v3 {
-            c += &format!(
-                "[{images_plugin}]\n  snapshotter = \"overlayfs\"\n\
-                 [{images_plugin}.pinned_images]\n  sandbox = \"{pause}\"\n\
-                 [plugins.'io.containerd.grpc.v1.cri']\n  stream_server_address = \"127.0.0.1\"\n  \
-                 stream_server_port = \"0\"\n\
-                 [{runtime_plugin}]\n  restrict_oom_score_adj = true\n\
-                 {cni}\
-                 [{runtime_plugin}.containerd]\n  default_runtime_name = \"{default}\"\n",
-                pause = self.sandbox_image,
-                default = Handler::RuncRsRunc.name(),
-            );
-        } else {
-            c += &format!(
-                "[{runtime_plugin}]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n  \
-                 stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
-                 {cni}\
-                 [{runtime_plugin}.containerd]\n  snapshotter = \"overlayfs\"\n  \
-                 default_runtime_name = \"{default}\"\n",
-                pause = self.sandbox_image,
-                default = Handler::RuncRsRunc.name(),
-            );
-        }
-        for h in Handler::ALL {
-            let table = format!("{runtime_plugin}.containerd.runtimes.{}", h.name());
-            c += &format!("[{table}]\n  runtime_type = \"{}\"\n", h.runtime_type());
-            match h {
-                Handler::RuncRsRunc => {
-                    c += &format!(
-                        "[{table}.options]\n  ConfigPath = \"{}\"\n",
-                        d.join("runc-rs-runc.toml").display()
-                    );
-                }
-                Handler::RuncRsCrun => {
-                    c += &format!(
-                        "[{table}.options]\n  ConfigPath = \"{}\"\n",
-                        self.crun_config().display()
-                    );
-                }
-                Handler::Sandbox => {}
-                Handler::GoRunc => {
-                    c += &format!("[{table}.options]\n  BinaryName = \"runc\"\n");
-                }
-            }
-        }
-        c
-    }
-
-    /// Starts containerd in its own network and mount namespaces.
-    fn spawn(&self) -> Child {
-        let d = &self.dir;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("containerd.log"))
-            .expect("log file");
-        // Mount points on the host that the namespace covers with its own tmpfs.
-        for p in ["/run/containerd", "/run/netns", "/var/lib/cni"] {
-            std::fs::create_dir_all(p).expect("mount point");
-        }
-        let mut script = vec![
-            "set -e".to_string(),
-            "ip link set lo up".to_string(),
-            "mount -t tmpfs -o mode=0711 tmpfs /run/containerd".to_string(),
-            "mount -t tmpfs -o mode=0755 tmpfs /run/netns".to_string(),
-            "mount -t tmpfs -o mode=0755 tmpfs /var/lib/cni".to_string(),
-            // The propagation cases need a shared mount (everything else here is private).
-            format!(
-                "mount -t tmpfs tmpfs {s} && mount --make-shared {s}",
-                s = self.shared_mount_dir().display()
-            ),
-        ];
-        if crate::daemon::cgroup_v2_requested() && !host_is_pure_v2() {
-            script.push("mount -t cgroup2 cgroup2 /sys/fs/cgroup".to_string());
-        } else if std::fs::read_to_string(HYBRID_CONTROLLERS).is_ok_and(|s| !s.trim().is_empty()) {
-            let empty = d.join("empty");
-            std::fs::write(&empty, "").expect("mask file");
-            script.push(format!(
-                "mount --bind {} {HYBRID_CONTROLLERS}",
-                empty.display()
-            ));
-        }
-        script.push(format!(
-            "exec {} --config {}",
-            containerd_binary(),
-            d.join("config.toml").display()
-        ));
-        // Our shims first, then the Go shim of the containerd under test.
-        let containerd_dir = Path::new(&containerd_binary())
-            .parent()
-            .map(|p| format!("{}:", p.display()))
-            .unwrap_or_default();
-        let path = format!(
-            "{}:{containerd_dir}/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            shim_bin_dir().display()
-        );
-        Command::new("unshare")
-            .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-            .arg(script.join("\n"))
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start containerd")
-    }
-
-    fn exited(&self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.lock().unwrap();
-        child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                panic!("containerd exited at start-up ({status})");
-            }
-            if self.socket().exists() {
-                let v = Command::new(ctr_binary())
-                    .args(["-a", &self.socket().to_string_lossy(), "version"])
-                    .stdin(Stdio::null())
-                    .output();
-                if v.is_ok_and(|o| o.status.success()) {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("containerd did not come up");
-    }
-
-    fn import_images(&self) {
-        let archive = image::build(&self.dir.join("images"));
-        let out = self.ctr(&["images", "import", &archive.to_string_lossy()]);
-        assert!(
-            out.status.success(),
-            "ctr images import: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = std::fs::remove_dir_all(self.dir.join("images"));
-    }
-
-    /// Waits until CRI reports the runtime and the network ready and knows both images.
-    fn wait_cri_ready(&self) {
-        let socket = self.socket();
-        let result = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let cri = super::Cri::connect(&socket).await;
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let mut last = String::new();
-                while Instant::now() < deadline {
-                    match cri.ready().await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = e,
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(last)
-            })
-        })
-        .join()
-        .expect("CRI readiness thread");
-        if let Err(e) = result {
-            panic!("CRI not ready after 30 s: {e}");
-        }
     }
 
     /// Stops containerd and removes everything it and the tests left: shims, containers
@@ -541,15 +246,15 @@ fn register_teardown() {
     }
 }
 
-fn containerd_binary() -> String {
+pub(super) fn containerd_binary() -> String {
     std::env::var("CONTAINERD_BIN").unwrap_or_else(|_| "/usr/bin/containerd".to_string())
 }
 
-fn ctr_binary() -> String {
+pub(super) fn ctr_binary() -> String {
     std::env::var("CTR_BIN").unwrap_or_else(|_| "/usr/bin/ctr".to_string())
 }
 
-fn host_is_pure_v2() -> bool {
+pub(super) fn host_is_pure_v2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 

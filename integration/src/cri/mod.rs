@@ -8,12 +8,17 @@
 //! `ConfigPath` TOML), `sandbox` (the sandbox shim) and `go-runc` (containerd's Go shim, the
 //! reference; ignored unless asked for: `-- --ignored go_runc`). Each test makes its own pods.
 pub mod client;
+mod config;
 pub mod daemon;
+pub mod handler;
 pub mod image;
+pub mod streaming;
+mod launch;
 
 pub use client::{container_config, sleeper, Cri, Ctx, Pod};
 pub use containerd_client::tonic;
-pub use daemon::{CriDaemon, Handler};
+pub use daemon::CriDaemon;
+pub use handler::Handler;
 pub use k8s_cri::v1 as api;
 
 use std::future::Future;
