@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use super::{protocol, serve_on, ttrpc_address_from_env, Args};
+use super::{protocol, serve_on, ttrpc_address_from_env, Args, Serving, ShimName};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -19,11 +19,22 @@ pub(super) struct ForkedServer {
     args: Args,
     listener: UnixListener,
     ttrpc_address: Option<String>,
+    for_sandbox: bool,
 }
 
 impl ForkedServer {
-    pub(super) fn run<B: Backend>(self, backend: B) -> Result<()> {
-        serve_on(&self.args, self.listener, self.ttrpc_address, backend)
+    pub(super) fn run<B: Backend>(self, name: ShimName, backend: B) -> Result<()> {
+        let serving = Serving {
+            name,
+            for_sandbox: self.for_sandbox,
+        };
+        serve_on(
+            &self.args,
+            self.listener,
+            self.ttrpc_address,
+            serving,
+            backend,
+        )
     }
 }
 
@@ -36,6 +47,7 @@ pub(super) fn fork_server(
     bundle: &Path,
     listener: UnixListener,
     path: &Path,
+    for_sandbox: bool,
 ) -> Result<Forked> {
     let args = Args {
         namespace: request.namespace.clone(),
@@ -71,6 +83,7 @@ pub(super) fn fork_server(
         args,
         listener,
         ttrpc_address,
+        for_sandbox,
     })))
 }
 

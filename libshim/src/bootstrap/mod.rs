@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::{timestamp, Publisher};
 use crate::options::RuntimeOptions;
 use crate::process::exit_record;
-use crate::service::{ttrpc_services, validate_namespace, TaskService};
+use crate::service::{ttrpc_services, validate_namespace, SandboxService, TaskService};
 use crate::{mount, reaper};
 
 /// What a shim binary is called, and the runtime type containerd knows it by.
@@ -57,13 +57,13 @@ pub fn run<B: Backend, F: FnOnce() -> B>(name: ShimName, make_backend: F) -> ! {
     }
     let result = match args.action.as_deref() {
         Some("start") => match start(&args) {
-            Ok(Some(server)) => server.run(make_backend()),
+            Ok(Some(server)) => server.run(name, make_backend()),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         },
         Some("delete") => delete(&args, make_backend()),
         Some(other) => Err(Error::InvalidArgument(format!("unknown action {other:?}"))),
-        None => serve(&args, make_backend()),
+        None => serve(&args, name, make_backend()),
     };
     match result {
         Ok(()) => std::process::exit(0),
@@ -157,18 +157,19 @@ fn start(args: &Args) -> Result<Option<fork::ForkedServer>> {
         request.socket_dir.as_deref(),
     );
     let uri = address::to_uri(&path);
+    let for_sandbox = protocol::started_for_sandbox(&bundle);
 
     let Some(listener) = bind_socket(&path)? else {
         log::debug!("reusing shim at {uri} for group {group}");
-        return publish_address(&request, &bundle, &uri).map(|()| None);
+        return publish_address(&request, &bundle, &uri, for_sandbox).map(|()| None);
     };
-    let pid = match fork::fork_server(&request, &bundle, listener, &path)? {
+    let pid = match fork::fork_server(&request, &bundle, listener, &path, for_sandbox)? {
         fork::Forked::Parent(pid) => pid,
         fork::Forked::Child(server) => return Ok(Some(*server)),
     };
     // The server is up: if containerd is not told of it, it must not be left behind.
     let told = place_server(&request, &bundle, pid)
-        .and_then(|()| publish_address(&request, &bundle, &uri));
+        .and_then(|()| publish_address(&request, &bundle, &uri, for_sandbox));
     if let Err(e) = told {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
@@ -195,10 +196,15 @@ fn place_server(request: &protocol::StartRequest, bundle: &Path, pid: u32) -> Re
 }
 
 /// Writes the bundle's `address` file and prints the address in the caller's protocol.
-fn publish_address(request: &protocol::StartRequest, bundle: &Path, uri: &str) -> Result<()> {
+fn publish_address(
+    request: &protocol::StartRequest,
+    bundle: &Path,
+    uri: &str,
+    for_sandbox: bool,
+) -> Result<()> {
     write_file(&bundle.join("address"), uri)?;
     let mut out = std::io::stdout();
-    out.write_all(&protocol::response(request, uri))
+    out.write_all(&protocol::response(request, uri, for_sandbox))
         .and_then(|_| out.flush())
         .map_err(|e| Error::io("print the shim address", e))
 }
@@ -279,6 +285,8 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
         Ok::<_, Error>(())
     })?;
     mount::unmount_rootfs(&bundle.join("rootfs"))?;
+    // A pod's shim (Sandbox API) that died leaves the pod's shm mounted in its bundle.
+    crate::service::sandbox::pod_files::release_dir(&bundle.join("pod"));
     remove_dead_socket(&bundle);
     let response = match exit_record::read(&bundle) {
         // The init exited while a shim served it: that exit is what happened.
@@ -320,7 +328,7 @@ fn remove_dead_socket(bundle: &Path) {
 }
 
 /// The serving process without `start` (by hand, for debugging): binds `-socket`.
-fn serve<B: Backend>(args: &Args, backend: B) -> Result<()> {
+fn serve<B: Backend>(args: &Args, name: ShimName, backend: B) -> Result<()> {
     require(args)?;
     if args.socket.is_empty() {
         return Err(Error::InvalidArgument(
@@ -329,7 +337,18 @@ fn serve<B: Backend>(args: &Args, backend: B) -> Result<()> {
     }
     let path = args.socket.trim_start_matches("unix://");
     let listener = UnixListener::bind(path).map_err(|e| Error::io(format!("bind {path}"), e))?;
-    serve_on(args, listener, ttrpc_address_from_env(), backend)
+    let server = Serving {
+        name,
+        for_sandbox: false,
+    };
+    serve_on(args, listener, ttrpc_address_from_env(), server, backend)
+}
+
+/// What the serving process is: which shim, and whether containerd started it for a pod.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Serving {
+    pub name: ShimName,
+    pub for_sandbox: bool,
 }
 
 /// containerd's ttrpc address for events, as containerd before 2.3 passes it to `start`.
@@ -348,6 +367,7 @@ fn serve_on<B: Backend>(
     args: &Args,
     listener: UnixListener,
     ttrpc_address: Option<String>,
+    serving: Serving,
     backend: B,
 ) -> Result<()> {
     logger::init("log", args.debug);
@@ -359,6 +379,7 @@ fn serve_on<B: Backend>(
         .and_then(|a| a.as_pathname().map(Path::to_path_buf));
     let result = runtime()?.block_on(serve_until_shutdown(
         args,
+        serving,
         backend,
         listener,
         socket.as_deref(),
@@ -370,6 +391,7 @@ fn serve_on<B: Backend>(
 
 async fn serve_until_shutdown<B: Backend>(
     args: &Args,
+    serving: Serving,
     backend: B,
     listener: UnixListener,
     socket: Option<&Path>,
@@ -390,7 +412,12 @@ async fn serve_until_shutdown<B: Backend>(
         .map_err(|e| Error::io("shim socket", e))?;
     let listener = tokio::net::UnixListener::from_std(listener)
         .map_err(|e| Error::io("serve on the shim socket", e))?;
-    let server = crate::ttrpc_server::Server::start(listener, ttrpc_services(service));
+    let sandbox = SandboxService::new(
+        service.clone(),
+        serving.name.runtime_type,
+        serving.for_sandbox,
+    );
+    let server = crate::ttrpc_server::Server::start(listener, ttrpc_services(service, sandbox));
     log::info!(
         "serving task API for {} in namespace {}",
         args.id,

@@ -81,9 +81,31 @@ fn bootstrap_params(args: &Args, stdin: &[u8]) -> Option<BootstrapParams> {
     (agrees(&args.id, &p.instance_id) && agrees(&args.namespace, &p.namespace)).then_some(p)
 }
 
+/// The directory containerd 2.x's `shim` sandbox controller makes its bundles in (its plugin
+/// state directory): a shim started there serves a pod through the Sandbox API.
+const SANDBOX_CONTROLLER_DIR: &str = "io.containerd.sandbox.controller.v1.shim";
+
+/// Whether containerd's sandbox controller started this shim for a pod (2.0+ only).
+pub fn started_for_sandbox(bundle: &std::path::Path) -> bool {
+    bundle
+        .components()
+        .any(|c| c.as_os_str() == SANDBOX_CONTROLLER_DIR)
+}
+
 /// What `start` prints: the plain address for older callers, a BootstrapResult for 2.3.
-pub fn response(request: &StartRequest, address_uri: &str) -> Vec<u8> {
+/// A shim started for a pod answers containerd 2.0–2.2 with their JSON bootstrap parameters
+/// and task API version 3: then containerd connects each of the pod's containers to it
+/// without running `start` (and `delete`) for each.
+pub fn response(request: &StartRequest, address_uri: &str, for_sandbox: bool) -> Vec<u8> {
     if !request.bootstrap {
+        if for_sandbox {
+            let params = serde_json::json!({
+                "version": TASK_API_VERSION,
+                "address": address_uri,
+                "protocol": "ttrpc",
+            });
+            return params.to_string().into_bytes();
+        }
         return address_uri.as_bytes().to_vec();
     }
     let result = BootstrapResult {
@@ -97,6 +119,25 @@ pub fn response(request: &StartRequest, address_uri: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pods_shim_answers_task_api_3_in_json() {
+        let bundle = std::path::Path::new(
+            "/run/containerd/io.containerd.sandbox.controller.v1.shim/k8s.io/abc",
+        );
+        assert!(started_for_sandbox(bundle));
+        assert!(!started_for_sandbox(std::path::Path::new(
+            "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc"
+        )));
+        let request = parse(&cli("abc", "k8s.io"), b"");
+        let out = response(&request, "unix:///run/containerd/s/x", true);
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["version"], 3);
+        assert_eq!(json["protocol"], "ttrpc");
+        assert_eq!(json["address"], "unix:///run/containerd/s/x");
+        let plain = response(&request, "unix:///run/containerd/s/x", false);
+        assert_eq!(plain, b"unix:///run/containerd/s/x");
+    }
+
     use protobuf::well_known_types::any::Any;
     use protos::bootstrap_api::Extension;
     use protos::shim::oci::Options;
@@ -159,7 +200,7 @@ mod tests {
             assert_eq!(req.socket_dir.as_deref(), Some("/run/s"));
             assert_eq!(req.options.binary_name, "crun");
         }
-        let out = response(&parse(&Args::default(), &stdin), "unix:///run/s/abc");
+        let out = response(&parse(&Args::default(), &stdin), "unix:///run/s/abc", false);
         let result = BootstrapResult::parse_from_bytes(&out).unwrap();
         assert_eq!(result.version, 3);
         assert_eq!(result.address, "unix:///run/s/abc");
@@ -173,7 +214,7 @@ mod tests {
         assert!(!req.bootstrap);
         assert_eq!(req.options.binary_name, "runc");
         assert_eq!(req.id, "c1");
-        assert_eq!(response(&req, "unix:///x"), b"unix:///x");
+        assert_eq!(response(&req, "unix:///x", false), b"unix:///x");
         // Nothing on stdin at all (containerd with no options).
         assert!(!parse(&cli("c1", "default"), &[]).bootstrap);
     }

@@ -13,6 +13,7 @@ macro_rules! copy_fields {
 
 mod leftover;
 mod oom;
+mod pod;
 mod v1;
 mod v2;
 

@@ -1,11 +1,14 @@
-//! The ttrpc task service.
+//! The ttrpc services: the task service, and the Sandbox service beside it (containerd 2.x's
+//! `sandboxer = "shim"`).
 mod exits;
+pub mod sandbox;
 pub mod status;
 pub(crate) mod task;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use sandbox::SandboxService;
 pub use task::{validate_id, validate_namespace, TaskService};
 
 use crate::backend::Backend;
@@ -14,9 +17,11 @@ use crate::backend::Backend;
 /// runc-style shims, `v3` for shims that announce task API version 3. The messages are the same.
 const TASK_SERVICE_NAMES: [&str; 2] = ["containerd.task.v2.Task", "containerd.task.v3.Task"];
 
-/// The ttrpc service table for `service`, under every name containerd may use.
+/// The ttrpc service table: the task service under every name containerd may use, and the
+/// Sandbox service.
 pub fn ttrpc_services<B: Backend>(
     service: TaskService<B>,
+    sandbox: SandboxService<B>,
 ) -> HashMap<String, ttrpc::r#async::Service> {
     let mut table = HashMap::new();
     for name in TASK_SERVICE_NAMES {
@@ -25,5 +30,6 @@ pub fn ttrpc_services<B: Backend>(
             table.insert(name.to_string(), svc);
         }
     }
+    table.extend(protos::sandbox_async::create_sandbox(Arc::new(sandbox)));
     table
 }

@@ -49,7 +49,8 @@ impl<B: Backend> TaskService<B> {
         req: &CreateTaskRequest,
     ) -> Result<(Container, u32)> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = check_bundle(&bundle)?;
+        let mut spec = check_bundle(&bundle)?;
+        self.add_pod_files(&bundle, &mut spec)?;
         let kill_all_on_exit = outlives_init(&spec);
         let mut options = RuntimeOptions::from_any(req.options.as_ref())?;
         // In a user namespace the container's root is some other host user: it must be able

@@ -124,6 +124,12 @@ struct Inner<B> {
     shutdown: Arc<Notify>,
     /// A trim of the code pages is scheduled (see [`TaskService::trim_when_settled`]).
     trim_pending: std::sync::atomic::AtomicBool,
+    /// The shim holds a pod (Sandbox API): it stays while it does, with or without tasks.
+    holds_pod: std::sync::atomic::AtomicBool,
+    /// The files the pod's containers share, added to their specs at Create.
+    pod_files: Mutex<Option<Arc<crate::service::sandbox::pod_files::PodFiles>>>,
+    /// Pids whose exit goes to one waiter (the pod's namespace holder).
+    watched: Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Exit>>>,
 }
 
 /// The ttrpc Task service. Cheap to clone.
@@ -158,6 +164,9 @@ impl<B: Backend> TaskService<B> {
                 creating: Mutex::new(HashSet::new()),
                 shutdown,
                 trim_pending: Default::default(),
+                holds_pod: Default::default(),
+                pod_files: Mutex::new(None),
+                watched: Mutex::new(HashMap::new()),
             }),
         };
         tokio::spawn(service.clone().exit_loop(exits));
@@ -186,6 +195,7 @@ mod create;
 mod criu;
 mod delete;
 mod on_exit;
+mod pod;
 mod query;
 mod start;
 

@@ -15,6 +15,10 @@ impl<B: Backend> TaskService<B> {
     }
 
     pub(super) async fn handle_exit(&self, owner: Owner, exit: Exit) {
+        if owner.container_id == pod::WATCHED {
+            self.deliver_watched(exit);
+            return;
+        }
         let Ok(c) = self.container(&owner.container_id) else {
             return;
         };

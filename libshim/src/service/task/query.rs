@@ -101,23 +101,11 @@ impl<B: Backend> TaskService<B> {
     }
 
     pub(super) async fn do_shutdown(&self) {
-        let empty = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-            && self
-                .inner
-                .creating
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
         // Answered at once: containerd 2.x shuts shims down while it starts (those whose
         // tasks exited while it was away), one after the other. What the shim still has to
         // send is sent after it has stopped serving (bootstrap's `serve_until_shutdown`).
-        if empty {
-            self.inner.shutdown.notify_one();
-        }
+        // A shim holding a pod stays for it: containerd 2.x does not call Shutdown after
+        // each of a pod's containers then, but a client may.
+        self.request_shutdown();
     }
 }

@@ -1,4 +1,5 @@
-//! The only module with `unsafe`: thin wrappers over the few syscalls nix does not cover.
+//! The only modules with `unsafe`: thin wrappers over the few syscalls nix does not cover, and
+//! the pod namespace holder ([`ns_holder`]), whose child may make raw syscalls only.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -6,6 +7,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+
+pub mod ns_holder;
 
 /// Takes ownership of an fd the kernel just handed us (SCM_RIGHTS).
 pub fn own_fd(fd: RawFd) -> OwnedFd {

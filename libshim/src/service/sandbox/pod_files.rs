@@ -1,0 +1,252 @@
+//! The files a pod's containers share: /etc/hostname, /etc/hosts, /etc/resolv.conf and the
+//! pod's /dev/shm. With a pause container containerd's CRI makes them and mounts them into
+//! every container; with `sandboxer = "shim"` it mounts them only if it finds them in its own
+//! sandbox directory, which nothing fills. So the sandbox writes them into its bundle and adds
+//! the mounts to each of its containers' specs at Create, as CRI would have: the same files, the
+//! same contents (the host's hosts file, the pod's DNS config or the host's resolv.conf), the
+//! same 64 MiB shm.
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::pod_config::{NamespaceMode, PodConfig};
+use crate::error::{Error, Result};
+
+/// CRI's annotations naming a container's pod and kind.
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+
+/// CRI's size for a pod's /dev/shm.
+const SHM_OPTIONS: &str = "mode=1777,size=67108864";
+
+/// The pod's shared files, in `<sandbox bundle>/pod/`.
+#[derive(Debug)]
+pub struct PodFiles {
+    sandbox_id: String,
+    dir: PathBuf,
+    /// Whether `dir/shm` is a tmpfs of ours (not with the host's IPC namespace).
+    shm: bool,
+}
+
+impl PodFiles {
+    /// Writes the files and mounts the shm.
+    pub fn prepare(sandbox_id: &str, bundle: &Path, pod: &PodConfig) -> Result<Self> {
+        let dir = bundle.join("pod");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::io(
+                format!("create the pod's file directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let hostname = if pod.hostname.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_err(|e| Error::io("read the host's name for the pod", e))?
+                .trim()
+                .to_string()
+        } else {
+            pod.hostname.clone()
+        };
+        write(&dir.join("hostname"), &format!("{hostname}\n"))?;
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        write(&dir.join("hosts"), &hosts)?;
+        let resolv = if pod.dns_servers.is_empty()
+            && pod.dns_searches.is_empty()
+            && pod.dns_options.is_empty()
+        {
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+        } else {
+            resolv_conf(pod)
+        };
+        write(&dir.join("resolv.conf"), &resolv)?;
+        let shm = pod.ipc != NamespaceMode::Node;
+        let files = Self {
+            sandbox_id: sandbox_id.to_string(),
+            dir,
+            shm,
+        };
+        if shm {
+            let target = files.dir.join("shm");
+            std::fs::create_dir_all(&target)
+                .map_err(|e| Error::io(format!("create {}", target.display()), e))?;
+            use nix::mount::MsFlags;
+            nix::mount::mount(
+                Some("shm"),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(SHM_OPTIONS),
+            )
+            .map_err(|e| {
+                Error::io(
+                    format!("mount the pod's shm at {}", target.display()),
+                    e.into(),
+                )
+            })?;
+        }
+        Ok(files)
+    }
+
+    /// Unmounts the shm; the files go with the bundle. Harmless twice.
+    pub fn release(&self) {
+        if self.shm {
+            release_dir(&self.dir);
+        }
+    }
+
+    /// Adds the pod's files to the spec of one of its containers (CRI's annotations say which);
+    /// mounts the spec already has at those paths stay. Returns whether the spec changed.
+    pub fn add_to(&self, spec: &mut Value) -> bool {
+        let annotations = &spec["annotations"];
+        if annotations[SANDBOX_ID_ANNOTATION] != self.sandbox_id.as_str()
+            || annotations[CONTAINER_TYPE_ANNOTATION] != "container"
+        {
+            return false;
+        }
+        let readonly = spec["root"]["readonly"].as_bool().unwrap_or(false);
+        let joins_pod_ipc = spec["linux"]["namespaces"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["type"] == "ipc" && n["path"].is_string())
+        });
+        let Some(mounts) = spec["mounts"].as_array_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        for (file, destination) in [
+            ("hostname", "/etc/hostname"),
+            ("hosts", "/etc/hosts"),
+            ("resolv.conf", "/etc/resolv.conf"),
+        ] {
+            if mounts.iter().all(|m| m["destination"] != destination) {
+                mounts.push(bind(&self.dir.join(file), destination, readonly));
+                changed = true;
+            }
+        }
+        if self.shm && joins_pod_ipc {
+            // CRI's default spec gives each container a tmpfs of its own; the pod's replaces it.
+            let own_tmpfs = |m: &Value| m["destination"] == "/dev/shm" && m["type"] == "tmpfs";
+            if let Some(m) = mounts.iter_mut().find(|m| own_tmpfs(m)) {
+                *m = bind(&self.dir.join("shm"), "/dev/shm", false);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// Unmounts `<dir>/shm` if it is mounted (the `delete` action after a shim died uses it too).
+pub fn release_dir(dir: &Path) {
+    let target = dir.join("shm");
+    match nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => log::warn!("unmount the pod's shm {}: {e}", target.display()),
+    }
+}
+
+fn bind(source: &Path, destination: &str, readonly: bool) -> Value {
+    let mut options = vec!["rbind", "rprivate"];
+    options.push(if readonly { "ro" } else { "rw" });
+    json!({
+        "destination": destination,
+        "type": "bind",
+        "source": source.display().to_string(),
+        "options": options,
+    })
+}
+
+/// resolv.conf from the pod's DNS config, as CRI writes it.
+fn resolv_conf(pod: &PodConfig) -> String {
+    let mut out = String::new();
+    if !pod.dns_searches.is_empty() {
+        out += &format!("search {}\n", pod.dns_searches.join(" "));
+    }
+    for server in &pod.dns_servers {
+        out += &format!("nameserver {server}\n");
+    }
+    if !pod.dns_options.is_empty() {
+        out += &format!("options {}\n", pod.dns_options.join(" "));
+    }
+    out
+}
+
+fn write(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(shm: bool) -> PodFiles {
+        PodFiles {
+            sandbox_id: "pod1".into(),
+            dir: PathBuf::from("/b/pod"),
+            shm,
+        }
+    }
+
+    fn app_spec(sandbox: &str) -> Value {
+        json!({
+            "annotations": {
+                SANDBOX_ID_ANNOTATION: sandbox,
+                CONTAINER_TYPE_ANNOTATION: "container",
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "linux": {"namespaces": [{"type": "ipc", "path": "/proc/9/ns/ipc"}]},
+            "mounts": [
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/vol/hosts"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_container_of_the_pod_gets_the_pod_files() {
+        let mut spec = app_spec("pod1");
+        assert!(files(true).add_to(&mut spec));
+        let mounts = spec["mounts"].as_array().unwrap();
+        let find = |d: &str| mounts.iter().find(|m| m["destination"] == d).unwrap();
+        assert_eq!(find("/etc/hostname")["source"], "/b/pod/hostname");
+        assert_eq!(find("/etc/hostname")["options"][2], "ro", "readonly rootfs");
+        assert_eq!(find("/etc/resolv.conf")["source"], "/b/pod/resolv.conf");
+        assert_eq!(
+            find("/etc/hosts")["source"],
+            "/vol/hosts",
+            "the user's mount stays"
+        );
+        assert_eq!(find("/dev/shm")["source"], "/b/pod/shm");
+        assert_eq!(find("/dev/shm")["type"], "bind");
+    }
+
+    #[test]
+    fn other_pods_and_host_ipc_are_left_alone() {
+        let mut spec = app_spec("pod2");
+        let before = spec.clone();
+        assert!(!files(true).add_to(&mut spec));
+        assert_eq!(spec, before);
+
+        let mut spec = app_spec("pod1");
+        assert!(files(false).add_to(&mut spec));
+        let shm = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/dev/shm")
+            .unwrap()
+            .clone();
+        assert_eq!(shm["type"], "tmpfs", "no pod shm with the host's IPC");
+    }
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let pod = PodConfig {
+            dns_servers: vec!["10.0.0.10".into(), "10.0.0.11".into()],
+            dns_searches: vec!["a.local".into(), "b.local".into()],
+            dns_options: vec!["ndots:5".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf(&pod),
+            "search a.local b.local\nnameserver 10.0.0.10\nnameserver 10.0.0.11\noptions ndots:5\n"
+        );
+    }
+}
