@@ -165,6 +165,10 @@ cri_tests!(pod_network_reaches_another_pods_port, |ctx| {
 });
 
 cri_tests!(host_network_pid_and_ipc, |ctx| {
+    if let Some(reason) = ctx.host_network_refusal() {
+        integration::runtime::skip(&reason);
+        return;
+    }
     let mut config = ctx.pod_config("hostns");
     // As kubelet: no hostname of the pod's own without a UTS namespace of its own.
     config.hostname.clear();
@@ -181,13 +185,11 @@ cri_tests!(host_network_pid_and_ipc, |ctx| {
         ..Default::default()
     });
     let c = pod.run(app).await;
-    // "Host" is containerd's: its network namespace is the one the suite made.
+    // "Host" is containerd's: its network namespace is the one the suite made, and its PID
+    // namespace too with INTEGRATION_CRI_PIDNS=1.
     let daemon = ctx.daemon.pid().to_string();
-    for (kind, host) in [
-        ("net", ns_link(&daemon, "net")),
-        ("pid", ns_link("self", "pid")),
-        ("ipc", ns_link("self", "ipc")),
-    ] {
+    for kind in ["net", "pid", "ipc"] {
+        let host = ns_link(&daemon, kind);
         let (out, err, code) = pod
             .exec(&c, &["readlink", &format!("/proc/self/ns/{kind}")])
             .await;
@@ -195,8 +197,14 @@ cri_tests!(host_network_pid_and_ipc, |ctx| {
         assert_eq!(out.trim(), host, "the container's {kind} namespace");
     }
     // With the host's PID namespace the container sees containerd.
+    let pid = ctx.daemon.pid_in_namespace();
+    assert_eq!(
+        pid != ctx.daemon.pid(),
+        integration::cri::pidns::requested(),
+        "containerd's pid {pid} in its namespace"
+    );
     let (out, _, _) = pod
-        .exec(&c, &["cat", &format!("/proc/{daemon}/cmdline")])
+        .exec(&c, &["cat", &format!("/proc/{pid}/cmdline")])
         .await;
     assert!(out.contains("containerd"), "{out:?}");
 });
@@ -215,11 +223,14 @@ cri_tests!(shared_pid_namespace_in_a_pod, |ctx| {
     };
     let a = pod.run(shared("a")).await;
     let b = pod.run(shared("b")).await;
-    // pid 1 is the pause program; each container sees the other's processes.
-    assert_eq!(
-        pod.exec_ok(&a, &["cat", "/proc/1/cmdline"]).await,
-        "/pause\0"
-    );
+    // pid 1 is the pause program (without one: the shim's namespace holder); each container
+    // sees the other's processes.
+    let init = pod.exec_ok(&a, &["cat", "/proc/1/cmdline"]).await;
+    if ctx.pauseless() {
+        assert_eq!(init.trim_end_matches('\0'), "pod-ns-holder");
+    } else {
+        assert_eq!(init, "/pause\0");
+    }
     let ps = pod.exec_ok(&a, &["ps", "-o", "pid,args"]).await;
     assert!(
         ps.matches("sleep 3600").count() >= 2,

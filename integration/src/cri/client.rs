@@ -471,7 +471,7 @@ impl Pod {
             .expect("ContainerStatus without status")
     }
 
-    /// The container's init pid (verbose ContainerStatus).
+    /// The container's init pid here (verbose ContainerStatus, which has containerd's).
     pub async fn container_pid(&self, id: &str) -> u32 {
         let resp = self
             .cri
@@ -479,12 +479,13 @@ impl Pod {
             .await
             .expect("ContainerStatus");
         let info = verbose_info(&resp.info);
-        info["pid"]
+        let pid = info["pid"]
             .as_u64()
-            .unwrap_or_else(|| panic!("no pid in the verbose status: {info}")) as u32
+            .unwrap_or_else(|| panic!("no pid in the verbose status: {info}"));
+        self.daemon.host_pid(pid as u32)
     }
 
-    /// The pause container's pid (verbose PodSandboxStatus).
+    /// The pause container's pid here (verbose PodSandboxStatus, which has containerd's).
     pub async fn sandbox_pid(&self) -> u32 {
         let resp = self
             .cri
@@ -492,9 +493,10 @@ impl Pod {
             .await
             .expect("PodSandboxStatus");
         let info = verbose_info(&resp.info);
-        info["pid"]
+        let pid = info["pid"]
             .as_u64()
-            .unwrap_or_else(|| panic!("no pid in the verbose status: {info}")) as u32
+            .unwrap_or_else(|| panic!("no pid in the verbose status: {info}"));
+        self.daemon.host_pid(pid as u32)
     }
 
     pub async fn ip(&self) -> String {

@@ -94,8 +94,15 @@ impl CriDaemon {
         }
         daemon.write_files();
         let child = daemon.spawn();
-        daemon.pid = child.id();
+        let found = super::pidns::containerd_pid(child.id());
         *daemon.child.lock().unwrap() = Some(child);
+        match found {
+            Ok(pid) => daemon.pid = pid,
+            Err(e) => {
+                daemon.teardown();
+                panic!("{e}");
+            }
+        }
         {
             let guard = Guard(&daemon);
             guard.0.wait_ready();
@@ -116,7 +123,7 @@ impl CriDaemon {
         self.cgroup_v2
     }
 
-    /// containerd's pid (that of the `unshare`d process it was exec'd into).
+    /// containerd's pid here (in the host's PID namespace; see [`CriDaemon::pid_in_namespace`]).
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -166,10 +173,11 @@ impl CriDaemon {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Runs `args` inside containerd's network and mount namespaces (`nsenter`).
+    /// Runs `args` inside containerd's network, mount and PID namespaces (`nsenter`; in its
+    /// PID namespace, /proc/self of containerd's /proc names the process).
     pub fn nsenter(&self, args: &[&str]) -> std::process::Output {
         Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-n", "-m", "--"])
+            .args(["-t", &self.pid.to_string(), "-n", "-m", "-p", "--"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -191,6 +199,14 @@ impl CriDaemon {
     pub fn teardown(&self) {
         let address = self.socket().to_string_lossy().into_owned();
         if let Some(child) = self.child.lock().unwrap().take() {
+            // unshare ignores SIGTERM while it waits; with a PID namespace, containerd's end
+            // ends the namespace's init and with it every shim and container there.
+            if super::pidns::requested() && self.pid != 0 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
             crate::daemon::stop_child(child);
         }
         for (pid, _) in crate::daemon::processes_with_arg(&address) {

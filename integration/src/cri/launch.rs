@@ -8,10 +8,11 @@ use crate::runtime::shim_bin_dir;
 use super::daemon::{
     containerd_binary, ctr_binary, host_is_pure_v2, CriDaemon, HYBRID_CONTROLLERS,
 };
-use super::image;
+use super::{image, pidns};
 
 impl CriDaemon {
-    /// Starts containerd in its own network and mount namespaces.
+    /// Starts containerd in its own network and mount namespaces (and PID namespace, see
+    /// [`pidns`]).
     pub(super) fn spawn(&self) -> Child {
         let d = self.dir();
         let log = std::fs::OpenOptions::new()
@@ -45,11 +46,11 @@ impl CriDaemon {
                 empty.display()
             ));
         }
-        script.push(format!(
-            "exec {} --config {}",
+        script.push(pidns::run_containerd(&format!(
+            "{} --config {}",
             containerd_binary(),
             d.join("config.toml").display()
-        ));
+        )));
         // Our shims first, then the Go shim of the containerd under test.
         let containerd_dir = Path::new(&containerd_binary())
             .parent()
@@ -60,7 +61,9 @@ impl CriDaemon {
             shim_bin_dir().display()
         );
         Command::new("unshare")
-            .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
+            .args(["--net", "--mount", "--propagation", "private"])
+            .args(pidns::unshare_args())
+            .args(["sh", "-c"])
             .arg(script.join("\n"))
             .env("PATH", path)
             .stdin(Stdio::null())

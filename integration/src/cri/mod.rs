@@ -14,6 +14,7 @@ pub mod handler;
 pub mod image;
 pub mod streaming;
 mod launch;
+pub mod pidns;
 
 pub use client::{container_config, sleeper, Cri, Ctx, Pod};
 pub use containerd_client::tonic;
