@@ -99,6 +99,10 @@ impl CriDaemon {
         }
         for h in Handler::ALL {
             let table = format!("{runtime_plugin}.containerd.runtimes.{}", h.name());
+            if let Some(section) = self.pauseless_runtime(h, &table) {
+                c += &section;
+                continue;
+            }
             c += &format!("[{table}]\n  runtime_type = \"{}\"\n", h.runtime_type());
             match h {
                 Handler::RuncRsRunc => {

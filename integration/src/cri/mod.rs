@@ -12,9 +12,10 @@ mod config;
 pub mod daemon;
 pub mod handler;
 pub mod image;
-pub mod streaming;
 mod launch;
+pub mod pauseless;
 pub mod pidns;
+pub mod streaming;
 
 pub use client::{container_config, sleeper, Cri, Ctx, Pod};
 pub use containerd_client::tonic;

@@ -27,6 +27,9 @@ pub struct HolderSetup {
     pub hostname: Option<CString>,
     /// `/proc/sys/...` paths and the values written to them, inside the pod's namespaces.
     pub sysctls: Vec<(CString, Vec<u8>)>,
+    /// Where the command line is in memory and what the holder writes there (padded to its
+    /// length), so that `ps` and the pod's /proc/1/cmdline say what it is, not the shim's.
+    pub cmdline: Option<(u64, Vec<u8>)>,
 }
 
 /// The step of the holder's set-up that failed, as reported on the pipe.
@@ -54,6 +57,23 @@ const SYSCTL: u8 = 3;
 
 /// The name the holder shows in `ps` (comm, at most 15 bytes).
 const NAME: &[u8] = b"pod-ns-holder\0";
+
+/// The holder's command line (`name`, NUL-padded to the room there is) and where it goes.
+pub fn cmdline(name: &str) -> Option<(u64, Vec<u8>)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // proc(5) numbers arg_start and arg_end 48 and 49; fields after the command name (which
+    // may hold spaces) start at number 3.
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let start: u64 = fields.get(48 - 3)?.parse().ok()?;
+    let end: u64 = fields.get(49 - 3)?.parse().ok()?;
+    let room = end.checked_sub(start)? as usize;
+    let mut text = name.as_bytes().to_vec();
+    if text.len() >= room {
+        return None;
+    }
+    text.resize(room, 0);
+    Some((start, text))
+}
 
 /// Clones the holder. Returns its pid once it is set up; the caller reaps it.
 pub fn spawn(setup: &HolderSetup) -> Result<u32, HolderError> {
@@ -173,6 +193,13 @@ unsafe fn holder(setup: &HolderSetup, report: RawFd, parent: libc::pid_t) -> ! {
         libc::close(fd);
     }
     libc::prctl(libc::PR_SET_NAME, NAME.as_ptr() as libc::c_ulong);
+    if let Some((start, text)) = &setup.cmdline {
+        let mem = libc::open(c"/proc/self/mem".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if mem >= 0 {
+            libc::pwrite(mem, text.as_ptr().cast(), text.len(), *start as libc::off_t);
+            libc::close(mem);
+        }
+    }
     libc::chdir(c"/".as_ptr());
     // Every fd goes, the report pipe with it: its EOF tells the parent the holder is ready.
     if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {

@@ -53,6 +53,7 @@ pub fn setup(pod: &PodConfig, netns_path: &str) -> Result<HolderSetup> {
         new_pid: pod.pid != NamespaceMode::Node,
         hostname,
         sysctls,
+        cmdline: ns_holder::cmdline("pod-ns-holder"),
     })
 }
 
@@ -229,6 +230,8 @@ mod tests {
         );
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "pod-ns-holder");
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        assert_eq!(cmdline.trim_end_matches('\0'), "pod-ns-holder");
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count();
