@@ -255,7 +255,8 @@ cri_tests!(port_forward_round_trips_bytes, |ctx| {
 });
 
 cri_tests!(port_forward_to_a_closed_port_reports_an_error, |ctx| {
-    let (pod, _) = listening_pod(&ctx, "spfno").await;
+    // Only the pause container: nothing listens in the pod's network namespace.
+    let pod = ctx.run_pod(ctx.pod_config("spfno")).await;
     let url = ctx
         .cri
         .port_forward(&pod.id, &[9999])
