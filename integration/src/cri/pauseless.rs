@@ -6,9 +6,18 @@ use super::client::Ctx;
 use super::daemon::CriDaemon;
 use super::handler::Handler;
 
+static FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether the suite was asked to run pods through the Sandbox API.
 pub fn requested() -> bool {
-    std::env::var("INTEGRATION_CRI_SANDBOXER").is_ok_and(|v| v == "shim")
+    FORCED.load(std::sync::atomic::Ordering::SeqCst)
+        || std::env::var("INTEGRATION_CRI_SANDBOXER").is_ok_and(|v| v == "shim")
+}
+
+/// Asks for pauseless mode from within a test binary: every test of that binary calls it
+/// before the binary's shared containerd is started.
+pub fn force() {
+    FORCED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 impl CriDaemon {

@@ -71,12 +71,17 @@ impl Server {
     }
 
     /// Lets the requests in flight (the Shutdown that asked for this, say) finish and answer,
-    /// for at most `limit`.
+    /// then lets the clients hang up, for at most `limit` in all. A client is not cut off
+    /// right after its last answer: Go's ttrpc client, seeing the connection close while an
+    /// answer waits to be read, may report the call as failed ("ttrpc: closed"), and
+    /// containerd's sandbox controller fails RemovePodSandbox on that error.
     pub async fn stop(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
             loop {
                 let idle = self.shared.idle.notified();
-                if self.shared.in_flight.load(Ordering::SeqCst) == 0 {
+                if self.shared.in_flight.load(Ordering::SeqCst) == 0
+                    && self.shared.connections.load(Ordering::SeqCst) == 0
+                {
                     return;
                 }
                 idle.await;
@@ -92,7 +97,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: UnixStream) {
     if let Err(e) = read_requests(&shared, &mut reader, &writer).await {
         log::debug!("ttrpc connection closed: {e}");
     }
-    shared.connections.fetch_sub(1, Ordering::SeqCst);
+    if shared.connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.idle.notify_waiters();
+    }
     trim_when_quiet(&shared);
 }
 
