@@ -174,3 +174,75 @@ async fn pod_without_a_pause_container_runc_rs() {
 async fn pod_without_a_pause_container_sandbox() {
     run(Handler::Sandbox, pod_without_a_pause_container).await
 }
+
+/// The pod's shim killed mid-pod: its holder goes with it, CRI sees the pod not ready, and
+/// stopping and removing the pod works and leaves no process, mount or bundle.
+async fn killed_pod_shim(ctx: Ctx) {
+    let pod = ctx.run_pod(ctx.pod_config("shimkill")).await;
+    let a = pod.run(sleeper("a")).await;
+    let holder = pod.sandbox_pid().await;
+    let shim = ppid(holder);
+    let app = pod.container_pid(&a).await;
+    let bundle = ctx
+        .daemon
+        .seen_from_here(
+            &ctx.daemon
+                .dir()
+                .join("state/io.containerd.sandbox.controller.v1.shim/k8s.io"),
+        )
+        .join(&pod.id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(holder, "the namespace holder of a killed shim").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = ctx
+            .cri
+            .pod_status(&pod.id)
+            .await
+            .expect("PodSandboxStatus")
+            .status
+            .unwrap()
+            .state;
+        if state == integration::cri::api::PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod stays ready after its shim was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctx.cri
+        .stop_pod(&pod.id)
+        .await
+        .expect("StopPodSandbox after the shim died");
+    ctx.cri
+        .remove_pod(&pod.id)
+        .await
+        .expect("RemovePodSandbox after the shim died");
+    wait_gone(app, "the pod's container after its shim died").await;
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", ctx.daemon.pid())).unwrap();
+    assert!(
+        !mounts.contains(&format!("{}/pod/shm", pod.id)),
+        "the dead pod's shm stays mounted"
+    );
+    assert!(
+        !bundle.exists(),
+        "the dead pod's bundle {} is left",
+        bundle.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pod_shim_runc_rs() {
+    run(Handler::RuncRsRunc, killed_pod_shim).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pod_shim_sandbox() {
+    run(Handler::Sandbox, killed_pod_shim).await
+}

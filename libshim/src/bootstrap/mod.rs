@@ -285,8 +285,11 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
         Ok::<_, Error>(())
     })?;
     mount::unmount_rootfs(&bundle.join("rootfs"))?;
-    // A pod's shim (Sandbox API) that died leaves the pod's shm mounted in its bundle.
-    crate::service::sandbox::pod_files::release_dir(&bundle.join("pod"));
+    // A pod's shim (Sandbox API) that died leaves the pod's containers (containerd runs no
+    // `delete` for them) and the pod's shm mounted in its bundle.
+    let pod = bundle.join("pod");
+    cleanup_pod_containers(&pod, &args.namespace, &backend)?;
+    crate::service::sandbox::pod_files::release_dir(&pod);
     remove_dead_socket(&bundle);
     let response = match exit_record::read(&bundle) {
         // The init exited while a shim served it: that exit is what happened.
@@ -313,6 +316,28 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| Error::io("print delete response", e))
+}
+
+/// Kills and removes, as containerd's `delete` would for each, the containers of a pod whose
+/// shim died.
+fn cleanup_pod_containers<B: Backend>(pod: &Path, namespace: &str, backend: &B) -> Result<()> {
+    let containers = crate::service::sandbox::pod_files::recorded_containers(pod);
+    if containers.is_empty() {
+        return Ok(());
+    }
+    runtime()?.block_on(async {
+        let _exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
+        for (id, bundle) in containers {
+            let options = RuntimeOptions::load(&bundle);
+            if let Err(e) = backend.cleanup(&id, namespace, &bundle, &options).await {
+                log::warn!("clean up container {id} of a dead pod shim: {e}");
+            }
+            if let Err(e) = mount::unmount_rootfs(&bundle.join("rootfs")) {
+                log::warn!("unmount the rootfs of container {id} of a dead pod shim: {e}");
+            }
+        }
+        Ok::<_, Error>(())
+    })
 }
 
 /// Removes the socket a dead shim left behind. A live shim of the same group still answers

@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 
+/// Where the pod's containers are recorded, one file per container holding its bundle path.
+const CONTAINERS: &str = "containers";
+
 /// CRI's size for a pod's /dev/shm.
 const SHM_OPTIONS: &str = "mode=1777,size=67108864";
 
@@ -93,13 +96,32 @@ impl PodFiles {
         }
     }
 
-    /// Adds the pod's files to the spec of one of its containers (CRI's annotations say which);
-    /// mounts the spec already has at those paths stay. Returns whether the spec changed.
-    pub fn add_to(&self, spec: &mut Value) -> bool {
+    /// Whether `spec` is a container of this pod (CRI's annotations say).
+    pub fn is_member(&self, spec: &Value) -> bool {
         let annotations = &spec["annotations"];
-        if annotations[SANDBOX_ID_ANNOTATION] != self.sandbox_id.as_str()
-            || annotations[CONTAINER_TYPE_ANNOTATION] != "container"
-        {
+        annotations[SANDBOX_ID_ANNOTATION] == self.sandbox_id.as_str()
+            && annotations[CONTAINER_TYPE_ANNOTATION] == "container"
+    }
+
+    /// Notes a container of the pod, for the clean-up after a dead shim: containerd connects
+    /// a pod's containers to the pod's shim without a `start` of their own, so when the shim
+    /// dies it runs `delete` for the pod only, never for them.
+    pub fn record_container(&self, id: &str, bundle: &Path) -> Result<()> {
+        let dir = self.dir.join(CONTAINERS);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        write(&dir.join(id), &bundle.display().to_string())
+    }
+
+    /// Forgets a container the task service deleted.
+    pub fn forget_container(&self, id: &str) {
+        let _ = std::fs::remove_file(self.dir.join(CONTAINERS).join(id));
+    }
+
+    /// Adds the pod's files to the spec of one of its containers; mounts the spec already has
+    /// at those paths stay. Returns whether the spec changed.
+    pub fn add_to(&self, spec: &mut Value) -> bool {
+        if !self.is_member(spec) {
             return false;
         }
         let readonly = spec["root"]["readonly"].as_bool().unwrap_or(false);
@@ -131,6 +153,21 @@ impl PodFiles {
         }
         changed
     }
+}
+
+/// The containers a dead pod shim left (see [`PodFiles::record_container`]): id and bundle.
+pub fn recorded_containers(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir.join(CONTAINERS)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            let bundle = std::fs::read_to_string(e.path()).ok()?;
+            Some((id, PathBuf::from(bundle)))
+        })
+        .collect()
 }
 
 /// Unmounts `<dir>/shm` if it is mounted (the `delete` action after a shim died uses it too).

@@ -29,6 +29,9 @@ impl<B: Backend> TaskService<B> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&req.id);
+        if result.is_err() {
+            self.forget_pod_container(&req.id);
+        }
         let (mut container, pid) = result?;
         if let Some(cgroup) = container.cgroup.clone() {
             container.oom_watch = self.watch_oom(&req.id, &cgroup);
@@ -50,7 +53,7 @@ impl<B: Backend> TaskService<B> {
     ) -> Result<(Container, u32)> {
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = check_bundle(&bundle)?;
-        self.add_pod_files(&bundle, &mut spec)?;
+        self.add_pod_files(&req.id, &bundle, &mut spec)?;
         let kill_all_on_exit = outlives_init(&spec);
         let mut options = RuntimeOptions::from_any(req.options.as_ref())?;
         // In a user namespace the container's root is some other host user: it must be able

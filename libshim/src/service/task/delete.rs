@@ -38,6 +38,7 @@ impl<B: Backend> TaskService<B> {
             p.stdio.take();
         }
         mount::unmount_rootfs(&c.info.rootfs())?;
+        self.forget_pod_container(&req.id);
         let response = delete_response(&c.init);
         self.inner.exits.forget(c.init.pid);
         self.inner

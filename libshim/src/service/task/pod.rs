@@ -25,21 +25,28 @@ impl<B: Backend> TaskService<B> {
             .unwrap_or_else(|e| e.into_inner()) = files;
     }
 
-    /// Adds the pod's files to the spec of a container of the pod, rewriting its config.json.
-    pub(super) fn add_pod_files(
-        &self,
-        bundle: &std::path::Path,
-        spec: &mut serde_json::Value,
-    ) -> Result<()> {
-        let files = self
-            .inner
+    fn pod(&self) -> Option<Arc<PodFiles>> {
+        self.inner
             .pod_files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(files) = files else {
+            .clone()
+    }
+
+    /// Adds the pod's files to the spec of a container of the pod, rewriting its config.json,
+    /// and records the container with the pod.
+    pub(super) fn add_pod_files(
+        &self,
+        id: &str,
+        bundle: &std::path::Path,
+        spec: &mut serde_json::Value,
+    ) -> Result<()> {
+        let Some(files) = self.pod() else {
             return Ok(());
         };
+        if files.is_member(spec) {
+            files.record_container(id, bundle)?;
+        }
         if !files.add_to(spec) {
             return Ok(());
         }
@@ -48,6 +55,13 @@ impl<B: Backend> TaskService<B> {
             .map_err(|e| Error::io("encode config.json", std::io::Error::other(e)))?;
         std::fs::write(&path, text)
             .map_err(|e| Error::io(format!("add the pod's files to {}", path.display()), e))
+    }
+
+    /// A deleted container is no longer the pod's to clean up.
+    pub(super) fn forget_pod_container(&self, id: &str) {
+        if let Some(files) = self.pod() {
+            files.forget_container(id);
+        }
     }
 
     /// Starts a process with `start` (which returns its pid) and returns a receiver of its exit,
