@@ -191,6 +191,7 @@ impl<B: Backend> SandboxService<B> {
         Ok(StartSandboxResponse {
             pid,
             created_at: MessageField::some(timestamp(pod.created_at)),
+            spec: MessageField::some(pod_spec(pod, pid)),
             ..Default::default()
         })
     }
@@ -304,12 +305,81 @@ impl<B: Backend> SandboxService<B> {
     }
 }
 
+/// containerd's type URL for an OCI runtime spec (typeurl: JSON inside the Any).
+const OCI_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// The pod as an OCI runtime spec, which containerd 2.3+ keeps as the sandbox's spec (NRI
+/// plugins read it): its hostname, cgroup parent and the namespaces its containers join.
+fn pod_spec(pod: &Pod, pid: u32) -> protobuf::well_known_types::any::Any {
+    use pod_config::NamespaceMode;
+    let mut namespaces = Vec::new();
+    if pod.config.network != NamespaceMode::Node {
+        namespaces.push(serde_json::json!({"type": "network", "path": pod.netns_path}));
+        namespaces.push(serde_json::json!({"type": "uts", "path": format!("/proc/{pid}/ns/uts")}));
+    }
+    if pod.config.ipc != NamespaceMode::Node {
+        namespaces.push(serde_json::json!({"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")}));
+    }
+    if pod.config.pid != NamespaceMode::Node {
+        namespaces.push(serde_json::json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+    }
+    let spec = serde_json::json!({
+        "ociVersion": "1.2.0",
+        "hostname": pod.config.hostname,
+        "linux": {
+            "cgroupsPath": pod.config.cgroup_parent,
+            "namespaces": namespaces,
+            "sysctl": pod.config.sysctls,
+        },
+    });
+    protobuf::well_known_types::any::Any {
+        type_url: OCI_SPEC_TYPE.to_string(),
+        value: spec.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
 fn known<'a>(slot: &'a mut Option<Pod>, id: &str) -> Result<&'a mut Pod> {
     match slot {
         Some(pod) if pod.id == id => Ok(pod),
         _ => Err(Error::NotFound(format!(
             "sandbox {id:?} not found (not created on this shim)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_spec_names_the_namespaces_containers_join() {
+        let pod = Pod {
+            id: "p".into(),
+            netns_path: "/run/netns/cni-1".into(),
+            config: PodConfig {
+                hostname: "web-0".into(),
+                cgroup_parent: "/kubepods/pod1".into(),
+                ..Default::default()
+            },
+            files: Arc::new(PodFiles::detached("p")),
+            created_at: SystemTime::now(),
+            phase: Phase::Created,
+        };
+        let any = pod_spec(&pod, 42);
+        assert_eq!(any.type_url, OCI_SPEC_TYPE);
+        let spec: serde_json::Value = serde_json::from_slice(&any.value).unwrap();
+        assert_eq!(spec["hostname"], "web-0");
+        assert_eq!(spec["linux"]["cgroupsPath"], "/kubepods/pod1");
+        let ns = spec["linux"]["namespaces"].as_array().unwrap();
+        let path = |t: &str| {
+            ns.iter()
+                .find(|n| n["type"] == t)
+                .map(|n| n["path"].clone())
+        };
+        assert_eq!(path("network").unwrap(), "/run/netns/cni-1");
+        assert_eq!(path("ipc").unwrap(), "/proc/42/ns/ipc");
+        assert_eq!(path("pid").unwrap(), "/proc/42/ns/pid");
     }
 }
 

@@ -89,6 +89,16 @@ impl PodFiles {
         Ok(files)
     }
 
+    /// Files of a pod that were never written (unit tests).
+    #[cfg(test)]
+    pub fn detached(sandbox_id: &str) -> Self {
+        Self {
+            sandbox_id: sandbox_id.to_string(),
+            dir: PathBuf::from("/nonexistent"),
+            shm: false,
+        }
+    }
+
     /// Unmounts the shm; the files go with the bundle. Harmless twice.
     pub fn release(&self) {
         if self.shm {
