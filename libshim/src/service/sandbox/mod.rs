@@ -348,6 +348,18 @@ fn known<'a>(slot: &'a mut Option<Pod>, id: &str) -> Result<&'a mut Pod> {
     }
 }
 
+/// containerd's name for this machine's architecture (Go's GOARCH).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,17 +392,5 @@ mod tests {
         assert_eq!(path("network").unwrap(), "/run/netns/cni-1");
         assert_eq!(path("ipc").unwrap(), "/proc/42/ns/ipc");
         assert_eq!(path("pid").unwrap(), "/proc/42/ns/pid");
-    }
-}
-
-/// containerd's name for this machine's architecture (Go's GOARCH).
-pub fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "loongarch64" => "loong64",
-        other => other,
     }
 }
