@@ -340,3 +340,40 @@ cri_tests!(pause_image_without_path, |ctx| {
         );
     }
 });
+
+/// The access mode of `pid`'s fd `fd` (`flags:` of /proc/PID/fdinfo/FD, octal).
+fn access_mode(pid: u32, fd: u32) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let flags = status_field(&info, "flags");
+    u32::from_str_radix(&flags, 8).expect("octal flags") & 0o3
+}
+
+cri_tests!(stdio_without_a_stream_is_a_writable_dev_null, |ctx| {
+    // The pause container has no stdio at all, a container without stdin nothing on fd 0:
+    // runc puts the container's /dev/null there, read-write (libcontainer 0.7 read-only).
+    let pod = ctx.run_pod(ctx.pod_config("devnull")).await;
+    let c = pod
+        .run(container_config(
+            "app",
+            &[
+                "sh",
+                "-c",
+                "if echo x >&0; then echo stdin=writable; else echo stdin=read-only; fi; \
+                 exec sleep 3600",
+            ],
+        ))
+        .await;
+    let log = pod.wait_log("app", "stdin=", Duration::from_secs(10)).await;
+    assert!(log.contains("stdin=writable"), "{log}");
+    let pause = pod.sandbox_pid().await;
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pause}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"), "pause fd {fd}");
+        assert_eq!(access_mode(pause, fd), 2, "pause fd {fd} is not read-write");
+    }
+    assert_eq!(
+        access_mode(pod.container_pid(&c).await, 0),
+        2,
+        "app's stdin"
+    );
+});

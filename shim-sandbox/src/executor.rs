@@ -1,6 +1,7 @@
 //! What runs in the container's init (or exec'd) process in place of `execvp`: libcontainer's
-//! default executor, after giving the process the signal state a runtime binary would have
-//! and, for an exec, the container's seccomp profile.
+//! default executor, after giving the process the signal state a runtime binary would have,
+//! a writable /dev/null as stdio where libcontainer reopened it read-only (`dev_null`) and, for
+//! an exec, the container's seccomp profile.
 use std::sync::Arc;
 
 use libcontainer::oci_spec::runtime::Spec;
@@ -19,6 +20,8 @@ impl Executor for DefaultSignalsExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         libshim::reset_signals_for_exec()
             .map_err(|e| ExecutorError::Other(format!("reset signal dispositions: {e}")))?;
+        // Before an exec's seccomp profile, which may refuse open.
+        crate::dev_null::make_stdio_writable();
         if let Some(plan) = &self.seccomp {
             crate::exec_seccomp::apply(plan).map_err(ExecutorError::Other)?;
         }

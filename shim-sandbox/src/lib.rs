@@ -21,6 +21,8 @@ mod call;
 mod cgroup_dirs;
 mod cgroup_mount;
 mod checkpoint;
+mod dev_null;
+mod diagnose;
 mod exec_seccomp;
 mod executor;
 mod features;
@@ -31,6 +33,7 @@ mod preflight;
 mod resources;
 mod stopped;
 mod tenant;
+mod volumes;
 
 use call::{failed, guarded, guarded_in, load, load_from, pid_of, state_root};
 
@@ -63,7 +66,7 @@ impl Backend for SandboxBackend {
                 "SystemdCgroup is set but systemd is not running here (no {SYSTEMD_RUNNING})"
             )));
         }
-        preflight::check_bundle(&info.bundle)?;
+        let prepared = preflight::check_bundle(&info.bundle)?;
         let b = call::builder(info, io)?;
         let state_dir = state_root(&info.options, &info.namespace).join(&info.id);
         let had_state = state_dir.exists();
@@ -77,6 +80,7 @@ impl Backend for SandboxBackend {
                     .build()
             })
         });
+        let spec = prepared.finish();
         let c = match built {
             Ok(c) => c,
             Err(e) => {
@@ -86,7 +90,14 @@ impl Backend for SandboxBackend {
                 if !had_state {
                     let _ = std::fs::remove_dir_all(&state_dir);
                 }
-                return Err(failed("create")(e));
+                let message = libshim::error_chain(&e);
+                return Err(match diagnose::cause(&spec, &info.bundle, &message) {
+                    Some(cause) => {
+                        log::warn!("create {}: libcontainer: {message}", info.id);
+                        cause
+                    }
+                    None => failed("create")(e),
+                });
             }
         };
         pid_of(c.pid().map(i32::from))
@@ -202,9 +213,11 @@ impl Backend for SandboxBackend {
         &self,
         id: &str,
         namespace: &str,
-        _bundle: &Path,
+        bundle: &Path,
         options: &RuntimeOptions,
     ) -> Result<(), BackendError> {
+        // What a create that was cut short staged in the bundle.
+        volumes::clear_bundle(bundle);
         match load_from(&state_root(options, namespace), id) {
             Ok(c) => delete(c, true),
             Err(BackendError::NotFound(_)) => Ok(()),

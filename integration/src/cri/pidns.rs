@@ -27,8 +27,8 @@ pub(super) fn unshare_args() -> &'static [&'static str] {
 }
 
 /// The script's last line: containerd exec'd in place of the shell, or started by the shell
-/// as the PID namespace's init. `wait` reaps any child (dash's waits for all), so shims that
-/// exit after containerd adopted nothing do not stay zombies; the init exits with containerd.
+/// as the PID namespace's init. Shims are reparented to the init; `wait` reaps any child
+/// (dash's waits for all), so none stays a zombie. The init exits with containerd.
 pub(super) fn run_containerd(command: &str) -> String {
     if requested() {
         format!(
