@@ -35,7 +35,8 @@ pub struct CriDaemon {
     sandbox_image: &'static str,
     /// `unshare`, which runs containerd; taken by [`CriDaemon::teardown`].
     pub(super) child: Mutex<Option<Child>>,
-    pid: u32,
+    /// containerd's pid (a restart changes it, see [`CriDaemon::restart`]).
+    pid: std::sync::atomic::AtomicU32,
     version: (u32, u32),
     cgroup_v2: bool,
 }
@@ -73,12 +74,12 @@ impl CriDaemon {
         let cgroup_v2 = crate::daemon::cgroup_v2_requested() || host_is_pure_v2();
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut daemon = CriDaemon {
+        let daemon = CriDaemon {
             dir,
             cgroup_parent: format!("/it-cri-{}-{seq}", std::process::id()),
             sandbox_image,
             child: Mutex::new(None),
-            pid: 0,
+            pid: Default::default(),
             version,
             cgroup_v2,
         };
@@ -97,7 +98,7 @@ impl CriDaemon {
         let found = super::pidns::containerd_pid(child.id());
         *daemon.child.lock().unwrap() = Some(child);
         match found {
-            Ok(pid) => daemon.pid = pid,
+            Ok(pid) => daemon.set_pid(pid),
             Err(e) => {
                 daemon.teardown();
                 panic!("{e}");
@@ -123,9 +124,13 @@ impl CriDaemon {
         self.cgroup_v2
     }
 
+    pub(super) fn pid_cell(&self) -> &std::sync::atomic::AtomicU32 {
+        &self.pid
+    }
+
     /// containerd's pid here (in the host's PID namespace; see [`CriDaemon::pid_in_namespace`]).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pid.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The image containerd runs as every pod's sandbox (pause) container.
@@ -159,7 +164,8 @@ impl CriDaemon {
 
     /// `path` in containerd's mount namespace, as seen from here (`/proc/PID/root`).
     pub fn seen_from_here(&self, path: &Path) -> PathBuf {
-        Path::new(&format!("/proc/{}/root", self.pid)).join(path.strip_prefix("/").unwrap_or(path))
+        Path::new(&format!("/proc/{}/root", self.pid()))
+            .join(path.strip_prefix("/").unwrap_or(path))
     }
 
     pub fn log(&self) -> String {
@@ -177,7 +183,7 @@ impl CriDaemon {
     /// PID namespace, /proc/self of containerd's /proc names the process).
     pub fn nsenter(&self, args: &[&str]) -> std::process::Output {
         Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-n", "-m", "-p", "--"])
+            .args(["-t", &self.pid().to_string(), "-n", "-m", "-p", "--"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -201,9 +207,9 @@ impl CriDaemon {
         if let Some(child) = self.child.lock().unwrap().take() {
             // unshare ignores SIGTERM while it waits; with a PID namespace, containerd's end
             // ends the namespace's init and with it every shim and container there.
-            if super::pidns::requested() && self.pid != 0 {
+            if super::pidns::requested() && self.pid() != 0 {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::unistd::Pid::from_raw(self.pid() as i32),
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }

@@ -15,6 +15,7 @@ pub mod image;
 mod launch;
 pub mod pauseless;
 pub mod pidns;
+mod restart;
 pub mod streaming;
 
 pub use client::{container_config, sleeper, Cri, Ctx, Pod};
