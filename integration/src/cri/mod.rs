@@ -7,6 +7,7 @@
 //! shim: `runc-rs` (our runc shim with runc), `runc-rs-crun` (the same with crun, through a
 //! `ConfigPath` TOML), `sandbox` (the sandbox shim) and `go-runc` (containerd's Go shim, the
 //! reference; ignored unless asked for: `-- --ignored go_runc`). Each test makes its own pods.
+mod builders;
 pub mod client;
 mod config;
 pub mod daemon;
@@ -15,6 +16,8 @@ pub mod image;
 mod launch;
 pub mod pauseless;
 pub mod pidns;
+mod pod;
+mod procfs;
 mod restart;
 pub mod streaming;
 
