@@ -4,6 +4,7 @@
 //! Every fixture cleans up on drop, including when the test panics; the daemon's log is printed
 //! only when a test fails.
 pub mod client;
+mod client_control;
 pub mod cri;
 pub mod daemon;
 pub mod events;
