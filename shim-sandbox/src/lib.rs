@@ -21,6 +21,7 @@ mod call;
 mod cgroup_dirs;
 mod cgroup_mount;
 mod checkpoint;
+mod checkpoint_paused;
 mod dev_null;
 mod diagnose;
 mod exec_seccomp;
@@ -196,7 +197,11 @@ impl Backend for SandboxBackend {
         info: &ContainerInfo,
         request: &CheckpointRequest,
     ) -> Result<(), BackendError> {
-        checkpoint::dump(load(info)?, request)
+        let mut c = load(info)?;
+        if checkpoint_paused::dump(&mut c, request)? {
+            return Ok(());
+        }
+        checkpoint::dump(c, request)
     }
 
     /// libcontainer has no CRIU restore: Create from a checkpoint answers UNIMPLEMENTED (the
