@@ -137,6 +137,15 @@ shim_tests!(paused_task_checkpoints_and_stays_paused, |ctx| {
     c.delete_task("cpx").await.unwrap();
     c.delete_container("cpx").await.unwrap();
 
+    if ctx.containerd.cgroup_v2_controllers().is_some() {
+        // (checkpoint.rs's restore fails here too, earlier: its running dump fails.)
+        skip(
+            "restore on the cgroup v2 view: CRIU puts the restored tasks back in the dumped \
+             container's cgroup, where runc (ps, kill) does not look",
+        );
+        return;
+    }
+
     // The image restores with the runc shim and runc, whichever shim wrote it.
     let opts = Options {
         binary_name: "runc".into(),

@@ -24,6 +24,7 @@ impl Backend for RuncBackend {
     }
 
     async fn create(&self, info: &ContainerInfo, io: ProcessIo) -> Result<u32, BackendError> {
+        crate::idmap::check(&info.options, &info.bundle).await?;
         let rt = Runtime::for_container(info);
         let args = cli::create_args(
             &info.id,

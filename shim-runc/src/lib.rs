@@ -2,5 +2,6 @@
 pub mod backend;
 pub mod cli;
 pub mod failure;
+pub mod idmap;
 
 pub use backend::RuncBackend;

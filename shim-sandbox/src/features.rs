@@ -11,6 +11,10 @@ pub fn document() -> Vec<u8> {
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
             "cgroup": { "v1": true, "v2": true, "systemd": true, "systemdUser": false },
+            // libcontainer 0.7 refuses every idmapped mount at create ("idmapped mount is not
+            // supported", container/mount_validation.rs): containerd 2 reads this entry and
+            // refuses such a task up front (user-namespaced CRI pods carry idmapped mounts).
+            "mountExtensions": { "idmap": { "enabled": false } },
             "seccomp": { "enabled": true },
             "apparmor": { "enabled": true },
             "selinux": { "enabled": true },
@@ -18,4 +22,13 @@ pub fn document() -> Vec<u8> {
         "annotations": { "org.opencontainers.runtime-spec.features.runtime": "libcontainer 0.7" },
     });
     serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idmapped_mounts_are_reported_unsupported() {
+        let doc: serde_json::Value = serde_json::from_slice(&super::document()).unwrap();
+        assert_eq!(doc["linux"]["mountExtensions"]["idmap"]["enabled"], false);
+    }
 }
