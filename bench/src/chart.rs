@@ -42,6 +42,29 @@ fn metrics(r: &Value) -> Vec<(String, String, f64)> {
             }
         }
     }
+    // Pods (CRI), keyed by handler, each naming its shim's runtime type.
+    let pod = |s: &str| -> Value {
+        r["pods"]["handlers"]
+            .as_object()
+            .and_then(|h| h.values().find(|v| v["runtime_type"] == s))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    push("pod start median", &|s| {
+        pod(s)["start"]["median_ms"].as_f64()
+    });
+    push("pod start p99", &|s| pod(s)["start"]["p99_ms"].as_f64());
+    push("pod teardown median", &|s| {
+        pod(s)["teardown"]["median_ms"].as_f64()
+    });
+    push("CPU per pod start", &|s| {
+        pod(s)["usage"]["cpu_ms_per_pod_start"]["total"].as_f64()
+    });
+    for f in ["rss", "pss"] {
+        push(&format!("{f} per pod (shim + pause)"), &|s| {
+            pod(s)["usage"]["memory_kib_per_pod"][f].as_f64()
+        });
+    }
     out
 }
 

@@ -4,15 +4,16 @@ use integration::{spec, Client, Containerd};
 use serde_json::{json, Value};
 
 #[derive(Default)]
-struct Sample {
-    rss: f64,
-    pss: f64,
-    uss: f64,
-    threads: f64,
-    cpu_ms: f64,
+pub struct Sample {
+    pub rss: f64,
+    pub pss: f64,
+    pub uss: f64,
+    pub threads: f64,
+    pub cpu_ms: f64,
 }
 
-fn sample(pid: u32) -> Option<Sample> {
+/// RSS, PSS and USS (KiB), threads and CPU (ms) of process `pid`.
+pub fn sample(pid: u32) -> Option<Sample> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| -> f64 {
         text.lines()
@@ -27,7 +28,7 @@ fn sample(pid: u32) -> Option<Sample> {
         pss: field("Pss:"),
         uss: field("Private_Clean:") + field("Private_Dirty:"),
         threads,
-        cpu_ms: crate::cpu_ms(pid).unwrap_or(0.0),
+        cpu_ms: crate::procfs::cpu_ms(pid).unwrap_or(0.0),
     })
 }
 
