@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use containerd_client::tonic::Code;
-use integration::client::{assert_code, options_any, Options};
+use integration::client::{options_any, Options};
 use integration::shim_tests;
 use integration::spec;
 
@@ -53,18 +53,18 @@ shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
     }
     let c = &ctx.client;
     let images = tempfile::tempdir().unwrap();
-    let image = images.path().join("img");
+    let live = images.path().join("live");
     let mut io = c.run("cr", &spec::sh(COUNTER)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Leave-running checkpoint: the process goes on.
     let keep = protos::shim::oci::CheckpointOptions {
-        image_path: images.path().join("live").to_string_lossy().into_owned(),
+        image_path: live.to_string_lossy().into_owned(),
         ..Default::default()
     };
     let stored = c.checkpoint("cr", &keep).await.unwrap();
     assert_eq!(c.status("cr", "").await.unwrap(), "RUNNING");
-    assert!(images.path().join("live/inventory.img").exists());
+    assert!(live.join("inventory.img").exists());
     if c.shim == integration::Shim::Sandbox {
         // containerd 1.x takes ImagePath itself only for io.containerd.runc.* types; for
         // others it stores its own directory as content, which must hold the image too.
@@ -75,46 +75,18 @@ shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
         } else {
             assert!(stored.is_empty(), "{stored:?}");
         }
-        // (A second checkpoint of the same task into the content store fails in containerd
-        // 1.6 itself: the container's spec blob "already exists".)
-        c.kill("cr", "", libc::SIGKILL as u32, true).await.unwrap();
-        c.wait("cr", "").await.unwrap();
-        c.delete_task("cr").await.unwrap();
-        // libcontainer has no restore: a clear refusal at Create, and no task left.
-        let opts = Options {
-            criu_image_path: images.path().join("live").to_string_lossy().into_owned(),
-            ..c.options()
-        };
-        let io = c.io("cr-restored", false);
-        let restored = c
-            .create_task_with("cr", Some(&io), false, Some(options_any(&opts)))
-            .await;
-        assert_code(restored, Code::Unimplemented, "restore");
-        assert!(
-            c.status("cr", "").await.is_err(),
-            "no task after a refused restore"
-        );
-        return;
     }
-
-    // Exit checkpoint: the process stops, and the image holds it.
-    let exit = protos::shim::oci::CheckpointOptions {
-        exit: true,
-        image_path: image.to_string_lossy().into_owned(),
-        ..Default::default()
-    };
-    c.checkpoint("cr", &exit).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill("cr", "", libc::SIGKILL as u32, true).await.unwrap();
     c.wait("cr", "").await.unwrap();
-    let before = last_count(&io.stdout_text());
-    assert!(
-        before > 3,
-        "the counter ran before the checkpoint: {before}"
-    );
+    // (The fifo's text is complete once the process is gone.)
+    let original = last_count(&io.stdout_text());
     c.delete_task("cr").await.unwrap();
 
-    // Restore through Create (CriuImagePath, as containerd's WithRestoreImagePath sets it).
+    // Restore into the same container through Create (CriuImagePath, as containerd's
+    // WithRestoreImagePath sets it): the counter goes on from the checkpoint.
     let opts = Options {
-        criu_image_path: image.to_string_lossy().into_owned(),
+        criu_image_path: live.to_string_lossy().into_owned(),
         ..c.options()
     };
     let mut io = c.io("cr-restored", false);
@@ -132,9 +104,11 @@ shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
         .lines()
         .find_map(|l| l.trim().parse().ok())
         .expect("the restored process printed");
+    // The original ran on after the checkpoint (500 ms: about ten counts) and the restored
+    // one took up where the image has it, not from the start.
     assert!(
-        first > before,
-        "the restored counter continues ({first}) from where it stopped ({before})"
+        first > 3 && first + 5 < original,
+        "the restored counter ({first}) continues from the checkpoint (the original: {original})"
     );
     c.delete_task("cr").await.unwrap();
 });
@@ -163,12 +137,7 @@ shim_tests!(
         c.delete_task("img").await.unwrap();
 
         let mut io = c.io("img-restored", false);
-        let restored = c.create_task_from("img", &io, criu).await;
-        if c.shim == integration::Shim::Sandbox {
-            assert_code(restored, Code::Unimplemented, "restore");
-            return;
-        }
-        restored.unwrap();
+        c.create_task_from("img", &io, criu).await.unwrap();
         c.start("img", "").await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         c.kill("img", "", libc::SIGKILL as u32, true).await.unwrap();

@@ -32,6 +32,7 @@ mod kill_all;
 mod own_settings;
 mod preflight;
 mod resources;
+mod restore;
 mod stopped;
 mod tenant;
 mod volumes;
@@ -204,10 +205,14 @@ impl Backend for SandboxBackend {
         checkpoint::dump(c, request)
     }
 
-    /// libcontainer has no CRIU restore: Create from a checkpoint answers UNIMPLEMENTED (the
-    /// image is runc-compatible CRIU output; io.containerd.runc.rs-v2 can restore it).
-    fn can_restore(&self) -> bool {
-        false
+    /// libcontainer has no CRIU restore: the shim drives CRIU itself (restore/).
+    async fn restore(
+        &self,
+        info: &ContainerInfo,
+        io: ProcessIo,
+        request: &CheckpointRequest,
+    ) -> Result<u32, BackendError> {
+        guarded(|| restore::restore(info, io, request))
     }
 
     async fn features(&self, _options: &RuntimeOptions) -> Option<Vec<u8>> {
