@@ -316,3 +316,41 @@ shim_tests!(restore_with_a_terminal, |ctx| {
     c.delete_task("tty").await.unwrap();
     c.delete_container("tty").await.unwrap();
 });
+
+shim_tests!(restore_an_image_the_other_shim_wrote, |ctx| {
+    if !criu_available() || !runtime_checkpoints(ctx.binary) {
+        return;
+    }
+    let c = &ctx.client;
+    // The sandbox shim restores what the runc shim dumped, and the runc shims the reverse.
+    let writer = match c.shim {
+        Shim::Sandbox => Shim::RuncRs,
+        _ => Shim::Sandbox,
+    };
+    let images = tempfile::tempdir().unwrap();
+    let image = images.path().join("other");
+    let opts = Some(options_any(&c.options()));
+    let s = spec::sh(COUNTER);
+    c.create_container_as("w", &s, writer.runtime_type(), opts)
+        .await
+        .unwrap();
+    let mut io = c.io("w", false);
+    c.create_task("w", Some(&io), false).await.unwrap();
+    c.start("w", "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = *checkpoint_exit(c, "w", &image, &mut io)
+        .await
+        .last()
+        .unwrap();
+    c.delete_container("w").await.unwrap();
+
+    c.create_container("r", &s).await.unwrap();
+    let mut io = c.io("r", false);
+    restore(c, "r", &image, &io).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.kill("r", "", libc::SIGKILL as u32, true).await.unwrap();
+    c.wait("r", "").await.unwrap();
+    continues(&counts(&io.stdout_text()), before);
+    c.delete_task("r").await.unwrap();
+    c.delete_container("r").await.unwrap();
+});
