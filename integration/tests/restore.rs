@@ -354,3 +354,45 @@ shim_tests!(restore_an_image_the_other_shim_wrote, |ctx| {
     c.delete_task("r").await.unwrap();
     c.delete_container("r").await.unwrap();
 });
+
+shim_tests!(restore_runs_the_create_hooks_with_the_restored_pid, |ctx| {
+    if !criu_available() || !runtime_checkpoints(ctx.binary) {
+        return;
+    }
+    let c = &ctx.client;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hook.log");
+    let image = dir.path().join("img");
+    // Each run appends the state it was given, one line.
+    let script = format!("cat >> {0}; echo >> {0}", log.display());
+    let mut s = spec::sh(COUNTER);
+    s["hooks"] = json!({ "createRuntime": [{
+        "path": "/bin/sh", "args": ["sh", "-c", script], "env": ["PATH=/bin:/usr/bin"]
+    }] });
+    c.create_container("hk", &s).await.unwrap();
+    let mut io = c.io("hk", false);
+    c.create_task("hk", Some(&io), false).await.unwrap();
+    c.start("hk", "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    checkpoint_exit(c, "hk", &image, &mut io).await;
+    let io = c.io("hk-restored", false);
+    let pid = restore(c, "hk", &image, &io).await.unwrap_or_else(|e| {
+        let kept = ctx.containerd.bundle("hk").join("criu-restore.log");
+        let log = std::fs::read_to_string(kept).unwrap_or_default();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+        panic!(
+            "restore: {}\nCRIU's errors:\n{}",
+            e.message(),
+            errors.join("\n")
+        )
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    let runs: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(runs.len(), 2, "one run at create, one at restore: {text}");
+    assert!(
+        runs[1].contains(&format!("\"pid\":{pid}")),
+        "the restore's hook got the restored pid {pid}: {}",
+        runs[1]
+    );
+    c.remove("hk").await;
+});

@@ -7,14 +7,15 @@
 //! cgroup or state directory): the state directory; the rootfs bound on `criu-root` there
 //! (CRIU's root must be a mount point with a parent not overmounted); `criu swrk`, moved into
 //! the container's cgroup with the spec's limits before it forks the restored tree
-//! (runc's criuApplyCgroups); the restore; libcontainer's state.
+//! (runc's criuApplyCgroups); the restore, running the prestart and createRuntime hooks once
+//! CRIU has made the namespaces; libcontainer's state.
 use std::fmt::Display;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt};
 use libcontainer::config::YoukiConfig;
-use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::container::{Container, ContainerStatus, State};
 use libcontainer::oci_spec::runtime::Spec;
 use libshim::backend::ProcessIo;
 use libshim::{BackendError, CheckpointRequest, ContainerInfo};
@@ -249,12 +250,41 @@ pub fn restore(
         i.set_fd(fd.as_raw_fd());
         opts.inherit_fd.push(i);
     }
-    let restored = swrk.restore(opts, console.as_deref())?;
+    let mut hooks = |pid| run_hooks(info, &spec, &state_dir, pid);
+    let restored = swrk.restore(opts, console.as_deref(), &mut hooks)?;
     undo.pid = Some(restored.pid);
     undo.unmount_root();
     save_state(info, &spec, &config, &state_dir, restored.pid)?;
     undo.done();
     Ok(restored.pid as u32)
+}
+
+/// The prestart and createRuntime hooks, run as runc runs them on a restore: once the
+/// namespaces exist, with the restored init's pid in the state.
+fn run_hooks(info: &ContainerInfo, spec: &Spec, dir: &Path, pid: i32) -> Result<(), BackendError> {
+    let Some(hooks) = spec.hooks().as_ref() else {
+        return Ok(());
+    };
+    let state = State::new(
+        &info.id,
+        ContainerStatus::Creating,
+        Some(pid),
+        info.bundle.clone(),
+    );
+    for (name, list) in [
+        ("prestart", hooks.prestart()),
+        ("createRuntime", hooks.create_runtime()),
+    ] {
+        libcontainer::hooks::run_hooks(
+            list.as_ref(),
+            Some(&state),
+            Some(dir),
+            Some(nix_cgroups::unistd::Pid::from_raw(pid)),
+            None,
+        )
+        .map_err(|e| fail(&format!("{name} hook"), libshim::error_chain(&e)))?;
+    }
+    Ok(())
 }
 
 fn cgroup_mode(mode: &str) -> Option<rpc::Criu_cg_mode> {

@@ -78,12 +78,15 @@ impl Swrk {
     }
 
     /// Sends the restore request and answers CRIU's notifications until its final answer.
+    /// `on_namespaces` runs once the restored tree's namespaces exist, with its init's pid
+    /// (runc runs the prestart and createRuntime hooks there).
     pub fn restore(
         mut self,
         opts: rpc::Criu_opts,
         console_socket: Option<&Path>,
+        on_namespaces: &mut dyn FnMut(i32) -> Result<(), BackendError>,
     ) -> Result<Restored, BackendError> {
-        let out = self.exchange(opts, console_socket);
+        let out = self.exchange(opts, console_socket, on_namespaces);
         if out.is_err() {
             let _ = self.child.kill();
         }
@@ -98,6 +101,7 @@ impl Swrk {
         &mut self,
         opts: rpc::Criu_opts,
         console_socket: Option<&Path>,
+        on_namespaces: &mut dyn FnMut(i32) -> Result<(), BackendError>,
     ) -> Result<Restored, BackendError> {
         let mut req = rpc::Criu_req::new();
         req.set_type(rpc::Criu_req_type::RESTORE);
@@ -115,13 +119,27 @@ impl Swrk {
                         resp.cr_errno(),
                         match resp.cr_errmsg() {
                             "" => String::new(),
-                            m => format!(": {m}"),
+                            // (The first error CRIU logged, not always the cause: its
+                            // log, kept by libshim, has the rest.)
+                            m => format!("; CRIU's first error: {}", m.trim_end()),
                         }
                     ),
                 ));
             }
             match resp.type_() {
                 rpc::Criu_req_type::NOTIFY => {
+                    let handled = match resp.notify.script() {
+                        "setup-namespaces" => on_namespaces(resp.notify.pid()),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = handled {
+                        // CRIU aborts the restore on a failed notification.
+                        let mut nack = rpc::Criu_req::new();
+                        nack.set_type(rpc::Criu_req_type::NOTIFY);
+                        nack.set_notify_success(false);
+                        let _ = self.send(&nack);
+                        return Err(e);
+                    }
                     match resp.notify.script() {
                         "post-restore" => pid = Some(resp.notify.pid()),
                         "orphan-pts-master" => {
