@@ -19,10 +19,14 @@ pub struct Config {
     pub pod_runs: usize,
     /// Pods alive at once per handler for pod memory and CPU.
     pub pods_alive: usize,
+    /// Our handlers run pods without a pause container (`sandboxer = "shim"`, containerd
+    /// 2.x); the Go shim keeps its pause container, the reference.
+    pub pauseless: bool,
     pub out: PathBuf,
 }
 
-const USAGE: &str = "usage: shim-bench [--quick] [--pods] [--runs N] [--pod-runs N] [--out DIR] \
+const USAGE: &str =
+    "usage: shim-bench [--quick] [--pods [--pauseless]] [--runs N] [--pod-runs N] [--out DIR] \
                      [--shims LIST] [--phases LIST] [--containerd-debug] [--state-on-disk] \
                      [--cgroup-v2]";
 pub const PHASES: [&str; 5] = ["latency", "throughput", "cpu", "memory", "pods"];
@@ -45,7 +49,8 @@ pub fn config() -> Config {
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
-            "--quick" | "--pods" | "--containerd-debug" | "--state-on-disk" | "--cgroup-v2" => {}
+            "--quick" | "--pods" | "--pauseless" | "--containerd-debug" | "--state-on-disk"
+            | "--cgroup-v2" => {}
             "--runs" | "--pod-runs" | "--out" | "--shims" | "--phases" if rest.next().is_some() => {
             }
             _ => refuse(&format!("unexpected argument {a:?}")),
@@ -105,6 +110,7 @@ pub fn config() -> Config {
         concurrency: 8,
         pod_runs,
         pods_alive: if quick { 3 } else { 20 },
+        pauseless: flag("--pauseless"),
         out: PathBuf::from(value("--out").unwrap_or_else(|| "target/bench".into())),
     }
 }

@@ -169,8 +169,19 @@ pub async fn run(cfg: &Config) -> Value {
         eprintln!("pods: skipped on the cgroup v2 view (no cpu controller for pod cpu shares)");
         return Value::Null;
     }
+    if cfg.pauseless {
+        integration::cri::pauseless::force();
+    }
     eprintln!("pods: starting containerd with CRI");
     let daemon = tokio::task::block_in_place(CriDaemon::shared);
+    if cfg.pauseless && !daemon.pauseless(Handler::RuncRsRunc) {
+        eprintln!(
+            "shim-bench: --pauseless needs containerd 2.x (sandboxer = \"shim\"); this is {}.{}",
+            daemon.version().0,
+            daemon.version().1
+        );
+        std::process::exit(2);
+    }
     let cri = Cri::connect(&daemon.socket()).await;
     let ctxs: Vec<Ctx> = cfg
         .shims
@@ -200,6 +211,7 @@ pub async fn run(cfg: &Config) -> Value {
         let u = usage::measure(ctx, &accounting, cfg.pods_alive).await;
         m["usage"] = u;
         m["runtime_type"] = json!(ctx.handler.runtime_type());
+        m["pauseless"] = json!(daemon.pauseless(ctx.handler));
         out.insert(ctx.handler.name().into(), m);
     }
     let version = daemon.version();
