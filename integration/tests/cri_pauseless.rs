@@ -42,9 +42,12 @@ fn comm(pid: u32) -> String {
 async fn wait_gone(pid: u32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         assert!(
             Instant::now() < deadline,
-            "{what} (pid {pid}) still there 10 s later"
+            "{what} (pid {pid}) still there 10 s later: state {}, parent {}",
+            status_field(&status, "State"),
+            status_field(&status, "PPid")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -216,6 +219,29 @@ async fn killed_pod_shim(ctx: Ctx) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The container dies with the pod (the pod's `delete` clean-up kills it); CRI hears of it
+    // through its own retries of the container's exit (containerd can no longer delete the
+    // task through the dead shim), so it may still call it running for a moment.
+    wait_gone(app, "the pod's container after its shim died").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = ctx
+            .cri
+            .container_status(&a)
+            .await
+            .expect("ContainerStatus")
+            .status
+            .unwrap()
+            .state;
+        if state == integration::cri::api::ContainerState::ContainerExited as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CRI still calls the dead pod's container {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ctx.cri
         .stop_pod(&pod.id)
         .await
@@ -224,7 +250,6 @@ async fn killed_pod_shim(ctx: Ctx) {
         .remove_pod(&pod.id)
         .await
         .expect("RemovePodSandbox after the shim died");
-    wait_gone(app, "the pod's container after its shim died").await;
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", ctx.daemon.pid())).unwrap();
     assert!(
         !mounts.contains(&format!("{}/pod/shm", pod.id)),

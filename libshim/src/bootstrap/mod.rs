@@ -288,9 +288,10 @@ fn delete<B: Backend>(args: &Args, backend: B) -> Result<()> {
     // A pod's shim (Sandbox API) that died leaves the pod's containers (containerd runs no
     // `delete` for them) and the pod's shm mounted in its bundle.
     let pod = bundle.join("pod");
-    cleanup_pod_containers(&pod, &args.namespace, &backend)?;
+    let pod_cleaned = cleanup_pod_containers(&pod, &args.namespace, &backend);
     crate::service::sandbox::pod_files::release_dir(&pod);
     remove_dead_socket(&bundle);
+    pod_cleaned?;
     let response = match exit_record::read(&bundle) {
         // The init exited while a shim served it: that exit is what happened.
         Some((pid, exit)) => DeleteResponse {
@@ -327,16 +328,40 @@ fn cleanup_pod_containers<B: Backend>(pod: &Path, namespace: &str, backend: &B) 
     }
     runtime()?.block_on(async {
         let _exits = reaper::start().map_err(|e| Error::io("watch child exits", e))?;
-        for (id, bundle) in containers {
-            let options = RuntimeOptions::load(&bundle);
-            if let Err(e) = backend.cleanup(&id, namespace, &bundle, &options).await {
-                log::warn!("clean up container {id} of a dead pod shim: {e}");
+        let mut failed = Vec::new();
+        for c in containers {
+            // The runtime runs in the record, not the container's bundle: containerd removes
+            // what it can of a task whose shim is gone, that bundle included, meanwhile. A
+            // container whose processes are still dying keeps its cgroup busy for a moment.
+            let mut tries = 0;
+            let cleaned = loop {
+                tries += 1;
+                match backend
+                    .cleanup(&c.id, namespace, &c.record, &c.options)
+                    .await
+                {
+                    Err(_) if tries < 20 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                    }
+                    result => break result,
+                }
+            };
+            if let Err(e) = cleaned {
+                failed.push(format!("container {}: {e}", c.id));
             }
-            if let Err(e) = mount::unmount_rootfs(&bundle.join("rootfs")) {
-                log::warn!("unmount the rootfs of container {id} of a dead pod shim: {e}");
+            if let Err(e) = mount::unmount_rootfs(&c.bundle.join("rootfs")) {
+                failed.push(format!("unmount the rootfs of container {}: {e}", c.id));
             }
         }
-        Ok::<_, Error>(())
+        // Every container is tried; what failed is reported (containerd logs it).
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::FailedPrecondition(format!(
+                "clean up the containers of a dead pod shim: {}",
+                failed.join("; ")
+            )))
+        }
     })
 }
 

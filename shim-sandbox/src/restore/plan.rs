@@ -46,7 +46,13 @@ pub fn cgroup_roots(proc_cgroup: &str) -> Vec<rpc::Cgroup_root> {
         .flat_map(|(ctrls, path)| ctrls.split(',').map(move |c| (c, path)))
         .map(|(ctrl, path)| {
             let mut root = rpc::Cgroup_root::new();
-            root.set_ctrl(ctrl.to_string());
+            // The v2 line ("0::/path") names no controller: its root goes unset, which CRIU
+            // takes as the root of every hierarchy not named (the v2 one, which it calls
+            // "unified"). An empty name would match none, and CRIU would restore into the
+            // dumped container's old v2 cgroup ("bad cgroup path: unified///<old>/...").
+            if !ctrl.is_empty() {
+                root.set_ctrl(ctrl.to_string());
+            }
             root.set_path(path.to_string());
             root
         })
@@ -227,6 +233,9 @@ mod tests {
                 ("", "/u")
             ]
         );
+        // The v2 root is CRIU's default root, not a controller named "".
+        assert!(!roots[3].has_ctrl(), "{:?}", roots[3]);
+        assert!(roots[..3].iter().all(|r| r.has_ctrl()));
     }
 
     #[test]

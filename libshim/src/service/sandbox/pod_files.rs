@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::pod_config::{NamespaceMode, PodConfig};
 use crate::error::{Error, Result};
+use crate::options::RuntimeOptions;
 
 /// CRI's annotations naming a container's pod and kind.
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -115,17 +116,24 @@ impl PodFiles {
 
     /// Notes a container of the pod, for the clean-up after a dead shim: containerd connects
     /// a pod's containers to the pod's shim without a `start` of their own, so when the shim
-    /// dies it runs `delete` for the pod only, never for them.
-    pub fn record_container(&self, id: &str, bundle: &Path) -> Result<()> {
-        let dir = self.dir.join(CONTAINERS);
+    /// dies it runs `delete` for the pod only, never for them. The record keeps the
+    /// container's options too: containerd may remove the container's bundle first.
+    pub fn record_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        options: &RuntimeOptions,
+    ) -> Result<()> {
+        let dir = self.dir.join(CONTAINERS).join(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        write(&dir.join(id), &bundle.display().to_string())
+        write(&dir.join("bundle"), &bundle.display().to_string())?;
+        options.save(&dir)
     }
 
     /// Forgets a container the task service deleted.
     pub fn forget_container(&self, id: &str) {
-        let _ = std::fs::remove_file(self.dir.join(CONTAINERS).join(id));
+        let _ = std::fs::remove_dir_all(self.dir.join(CONTAINERS).join(id));
     }
 
     /// Adds the pod's files to the spec of one of its containers; mounts the spec already has
@@ -165,17 +173,32 @@ impl PodFiles {
     }
 }
 
-/// The containers a dead pod shim left (see [`PodFiles::record_container`]): id and bundle.
-pub fn recorded_containers(dir: &Path) -> Vec<(String, PathBuf)> {
+/// A container a dead pod shim left (see [`PodFiles::record_container`]).
+pub struct RecordedContainer {
+    pub id: String,
+    /// Its bundle, as containerd made it (it may be gone).
+    pub bundle: PathBuf,
+    /// Where its record is: its options, and a directory to run its runtime in.
+    pub record: PathBuf,
+    pub options: RuntimeOptions,
+}
+
+/// The containers a dead pod shim left.
+pub fn recorded_containers(dir: &Path) -> Vec<RecordedContainer> {
     let Ok(entries) = std::fs::read_dir(dir.join(CONTAINERS)) else {
         return Vec::new();
     };
     entries
         .flatten()
         .filter_map(|e| {
-            let id = e.file_name().to_str()?.to_string();
-            let bundle = std::fs::read_to_string(e.path()).ok()?;
-            Some((id, PathBuf::from(bundle)))
+            let record = e.path();
+            let bundle = std::fs::read_to_string(record.join("bundle")).ok()?;
+            Some(RecordedContainer {
+                id: e.file_name().to_str()?.to_string(),
+                bundle: PathBuf::from(bundle),
+                options: RuntimeOptions::load(&record),
+                record,
+            })
         })
         .collect()
 }

@@ -53,7 +53,7 @@ impl<B: Backend> TaskService<B> {
     ) -> Result<(Container, u32)> {
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = check_bundle(&bundle)?;
-        self.add_pod_files(&req.id, &bundle, &mut spec)?;
+        self.add_pod_files(&bundle, &mut spec)?;
         let kill_all_on_exit = outlives_init(&spec);
         let mut options = RuntimeOptions::from_any(req.options.as_ref())?;
         // In a user namespace the container's root is some other host user: it must be able
@@ -75,6 +75,7 @@ impl<B: Backend> TaskService<B> {
             .into());
         }
         info.options.save(&bundle)?;
+        self.record_pod_container(&info, &spec)?;
         let rootfs = info.rootfs();
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs)

@@ -33,20 +33,15 @@ impl<B: Backend> TaskService<B> {
             .clone()
     }
 
-    /// Adds the pod's files to the spec of a container of the pod, rewriting its config.json,
-    /// and records the container with the pod.
+    /// Adds the pod's files to the spec of a container of the pod, rewriting its config.json.
     pub(super) fn add_pod_files(
         &self,
-        id: &str,
         bundle: &std::path::Path,
         spec: &mut serde_json::Value,
     ) -> Result<()> {
         let Some(files) = self.pod() else {
             return Ok(());
         };
-        if files.is_member(spec) {
-            files.record_container(id, bundle)?;
-        }
         if !files.add_to(spec) {
             return Ok(());
         }
@@ -55,6 +50,20 @@ impl<B: Backend> TaskService<B> {
             .map_err(|e| Error::io("encode config.json", std::io::Error::other(e)))?;
         std::fs::write(&path, text)
             .map_err(|e| Error::io(format!("add the pod's files to {}", path.display()), e))
+    }
+
+    /// Records a container of the pod with the pod (for the clean-up after a dead shim).
+    pub(super) fn record_pod_container(
+        &self,
+        info: &ContainerInfo,
+        spec: &serde_json::Value,
+    ) -> Result<()> {
+        match self.pod() {
+            Some(files) if files.is_member(spec) => {
+                files.record_container(&info.id, &info.bundle, &info.options)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A deleted container is no longer the pod's to clean up.
