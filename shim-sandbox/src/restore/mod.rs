@@ -234,9 +234,14 @@ pub fn restore(
     opts.set_rst_sibling(true);
     opts.set_evasive_devices(true);
     opts.set_manage_cgroups(true);
-    if let Some(mode) = cgroup_mode(&request.cgroups_mode) {
-        opts.set_manage_cgroups_mode(mode);
-    }
+    // CRIU already runs in the container's cgroups (made, limited and joined above), and the
+    // restored tasks stay where CRIU is. Unless containerd asks for a mode, CRIU is told to
+    // leave cgroups alone: on a hybrid host it otherwise recreates the dumped container's v2
+    // cgroup by its old path, which fails once that container is gone ("bad cgroup path:
+    // unified///<old>/cgroup.subtree_control").
+    opts.set_manage_cgroups_mode(
+        cgroup_mode(&request.cgroups_mode).unwrap_or(rpc::Criu_cg_mode::IGNORE),
+    );
     opts.set_notify_scripts(true);
     opts.set_orphan_pts_master(true);
     opts.set_shell_job(request.terminal);
