@@ -127,6 +127,38 @@ pub(crate) fn remove_cgroups(parent: &str) {
     }
 }
 
+/// At the test process's exit, removes what is left of the cgroups of its daemons
+/// (`it-<pid>-*`): a runc restore through CRIU may recreate the dumped container's cgroup in
+/// the `unified` and `name=systemd` hierarchies of this hybrid host, by its old path, after
+/// the daemon that held it is gone (runc 1.1 + CRIU 4.1; the sandbox shim's restore does not).
+pub(crate) fn remove_own_cgroups_at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn sweep() {
+        let prefix = format!("it-{}-", std::process::id());
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for h in hierarchies.flatten() {
+            let Ok(entries) = std::fs::read_dir(h.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    remove_cgroup_tree(&e.path());
+                }
+            }
+        }
+    }
+    ONCE.call_once(|| {
+        // SAFETY: `sweep` only calls std functions; atexit handlers run on the exiting thread
+        // after the test harness has returned, when no daemon of this process is left.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::atexit(sweep);
+        }
+    });
+}
+
 /// Removes the cgroup at `dir` and below, thawing and killing whatever is still in it.
 fn remove_cgroup_tree(dir: &Path) {
     if let Ok(children) = std::fs::read_dir(dir) {

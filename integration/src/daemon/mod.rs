@@ -108,6 +108,7 @@ impl Containerd {
 
     pub async fn start_with(settings: Settings) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
+        cleanup::remove_own_cgroups_at_exit();
         let namespace = format!(
             "it-{}-{}",
             std::process::id(),
