@@ -30,7 +30,16 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let request = start_request(&args, stdin);
-    let out = start_response(&request, URI);
+    let out = start_response(&request, URI, false);
+    // A pod's shim (started by containerd 2.x's sandbox controller) answers task API 3 in
+    // whichever encoding the caller reads.
+    let pod = start_response(&request, URI, true);
+    if !request.bootstrap {
+        let params: serde_json::Value =
+            serde_json::from_slice(&pod).expect("JSON bootstrap params");
+        assert_eq!(params["version"], 3);
+        assert_eq!(params["address"], URI);
+    }
     if request.bootstrap {
         // BootstrapParams count only with a full identity that the command line agrees with.
         assert!(!request.id.is_empty() && !request.namespace.is_empty());
