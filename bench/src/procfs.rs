@@ -41,13 +41,4 @@ fn stat_ticks_ms(pid: u32, at: usize) -> Option<f64> {
     Some(ticks * TICK_MS)
 }
 
-/// The parent of `pid`, if it still runs.
-pub fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
+pub use integration::cri::client::parent;

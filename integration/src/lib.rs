@@ -6,6 +6,7 @@
 pub mod client;
 mod client_control;
 pub mod cri;
+pub mod criu;
 pub mod daemon;
 pub mod events;
 pub mod fifo;

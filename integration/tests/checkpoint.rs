@@ -3,49 +3,9 @@ use std::time::Duration;
 
 use containerd_client::tonic::Code;
 use integration::client::{options_any, Options};
+use integration::criu::{criu_available, last_count, runtime_checkpoints, COUNTER};
 use integration::shim_tests;
 use integration::spec;
-
-/// Whether a working criu is on the PATH containerd (and so runc) gets.
-fn criu_available() -> bool {
-    let ok = std::env::var("CRIU_BIN_DIR").is_ok_and(|d| {
-        std::process::Command::new(format!("{d}/criu"))
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!(
-            "skipped: set CRIU_BIN_DIR to a directory with a working criu (scripts/fetch-criu)"
-        );
-    }
-    ok
-}
-
-/// Whether the OCI runtime was built with checkpoint support (crun's `--version` lists +CRIU).
-fn runtime_checkpoints(binary: integration::Binary) -> bool {
-    if binary == integration::Binary::Runc {
-        return true;
-    }
-    let out = std::process::Command::new(binary.name())
-        .arg("--version")
-        .output();
-    let ok = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+CRIU"));
-    if !ok {
-        eprintln!("skipped: {} was built without CRIU support", binary.name());
-    }
-    ok
-}
-
-/// The counter the container prints once a tick, as the last complete line of `text`.
-fn last_count(text: &str) -> u64 {
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done";
 
 shim_tests!(checkpoint_and_restore_continue_the_process, |ctx| {
     if !criu_available() || !runtime_checkpoints(ctx.binary) {

@@ -4,45 +4,9 @@
 use std::time::Duration;
 
 use integration::client::{options_any, Options};
+use integration::criu::{criu_available, last_count, runtime_checkpoints};
 use integration::runtime::skip;
 use integration::{shim_tests, spec, Shim};
-
-/// Whether a working criu is on the PATH containerd (and so the runtime) gets.
-fn criu_available() -> bool {
-    let ok = std::env::var("CRIU_BIN_DIR").is_ok_and(|d| {
-        std::process::Command::new(format!("{d}/criu"))
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        skip("set CRIU_BIN_DIR to a directory with a working criu (scripts/fetch-criu)");
-    }
-    ok
-}
-
-/// Whether the OCI runtime was built with checkpoint support (crun's `--version` lists +CRIU).
-fn runtime_checkpoints(binary: integration::Binary) -> bool {
-    if binary == integration::Binary::Runc {
-        return true;
-    }
-    let out = std::process::Command::new(binary.name())
-        .arg("--version")
-        .output();
-    let ok = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+CRIU"));
-    if !ok {
-        skip(&format!("{} was built without CRIU support", binary.name()));
-    }
-    ok
-}
-
-/// The last complete counter line of `text`.
-fn last_count(text: &str) -> u64 {
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Counts on stdout and in /tmp/n (a tmpfs), which the host reads through /proc while the
 /// task runs: the stdout fifo is only complete once the process is gone.

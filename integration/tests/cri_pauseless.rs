@@ -22,14 +22,24 @@ async fn run(handler: Handler, body: impl AsyncFnOnce(Ctx)) {
     .await
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// A pod's bundle in containerd's sandbox controller state, as seen from here.
+fn pod_bundle(ctx: &Ctx, pod: &str) -> std::path::PathBuf {
+    let state = ctx
+        .daemon
+        .dir()
+        .join("state/io.containerd.sandbox.controller.v1.shim/k8s.io");
+    ctx.daemon.seen_from_here(&state).join(pod)
+}
+
+/// The mounts of a pod's shm still in containerd's mount namespace.
+fn shm_mounts(ctx: &Ctx, pod: &str) -> Vec<String> {
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", ctx.daemon.pid())).unwrap();
+    let needle = format!("{pod}/pod/shm");
+    mounts
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(String::from)
+        .collect()
 }
 
 fn comm(pid: u32) -> String {
@@ -37,20 +47,6 @@ fn comm(pid: u32) -> String {
         .unwrap_or_default()
         .trim()
         .to_string()
-}
-
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        assert!(
-            Instant::now() < deadline,
-            "{what} (pid {pid}) still there 10 s later: state {}, parent {}",
-            status_field(&status, "State"),
-            status_field(&status, "PPid")
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// No pause container, no pause image used; the pod's shim holds its namespaces, its
@@ -108,7 +104,7 @@ async fn pod_without_a_pause_container(ctx: Ctx) {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         // Processes come and go while /proc is read: one that is gone is no pause.
-        .filter(|pid| comm(*pid) == "pause" && parent_of(*pid) == Some(shim))
+        .filter(|pid| comm(*pid) == "pause" && parent(*pid) == Some(shim))
         .collect();
     assert!(
         pauses.is_empty(),
@@ -129,14 +125,7 @@ async fn pod_without_a_pause_container(ctx: Ctx) {
         "shared"
     );
 
-    let bundle = ctx
-        .daemon
-        .seen_from_here(
-            &ctx.daemon
-                .dir()
-                .join("state/io.containerd.sandbox.controller.v1.shim/k8s.io"),
-        )
-        .join(&pod.id);
+    let bundle = pod_bundle(&ctx, &pod.id);
     assert!(
         bundle.join("pod/shm").is_dir(),
         "no pod files in {}",
@@ -144,21 +133,8 @@ async fn pod_without_a_pause_container(ctx: Ctx) {
     );
     ctx.cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
     wait_gone(holder, "the pod's namespace holder after StopPodSandbox").await;
-    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", ctx.daemon.pid())).unwrap();
-    let left: Vec<&str> = mounts
-        .lines()
-        .filter(|l| l.contains(&format!("{}/pod/shm", pod.id)))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "the pod's shm stays mounted: {left:#?}\n{}",
-        ctx.daemon
-            .log()
-            .lines()
-            .filter(|l| l.contains("DEBUG") || l.contains("StopSandbox") || l.contains("stop"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let left = shm_mounts(&ctx, &pod.id);
+    assert!(left.is_empty(), "the pod's shm stays mounted: {left:#?}");
     ctx.cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
     wait_gone(shim, "the pod's shim after RemovePodSandbox").await;
     assert!(
@@ -186,14 +162,7 @@ async fn killed_pod_shim(ctx: Ctx) {
     let holder = pod.sandbox_pid().await;
     let shim = ppid(holder);
     let app = pod.container_pid(&a).await;
-    let bundle = ctx
-        .daemon
-        .seen_from_here(
-            &ctx.daemon
-                .dir()
-                .join("state/io.containerd.sandbox.controller.v1.shim/k8s.io"),
-        )
-        .join(&pod.id);
+    let bundle = pod_bundle(&ctx, &pod.id);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim as i32),
         nix::sys::signal::SIGKILL,
@@ -250,10 +219,10 @@ async fn killed_pod_shim(ctx: Ctx) {
         .remove_pod(&pod.id)
         .await
         .expect("RemovePodSandbox after the shim died");
-    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", ctx.daemon.pid())).unwrap();
+    let left = shm_mounts(&ctx, &pod.id);
     assert!(
-        !mounts.contains(&format!("{}/pod/shm", pod.id)),
-        "the dead pod's shm stays mounted"
+        left.is_empty(),
+        "the dead pod's shm stays mounted: {left:#?}"
     );
     assert!(
         !bundle.exists(),

@@ -8,19 +8,6 @@ use integration::cri::client::*;
 use integration::cri::{image, tonic};
 use integration::cri_tests;
 
-/// Waits until process `pid` is gone.
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        // A zombie of ours would stay: the shims are not our children.
-        assert!(
-            Instant::now() < deadline,
-            "{what} (pid {pid}) still there 10 s later"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 cri_tests!(pod_lifecycle_one_shim_per_pod, |ctx| {
     let config = ctx.pod_config("life");
     let name = config.metadata.clone().unwrap().name;

@@ -2,22 +2,11 @@
 //! manager restarts it): nothing is lost. On containerd 2.x the pods run without a pause
 //! container (`sandboxer = "shim"`, the shim's Sandbox API), on 1.x with one. One test, the
 //! handlers one after the other: a restart must not cut into another case.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration::cri::api::*;
 use integration::cri::client::*;
 use integration::cri::{pauseless, Cri, Handler};
-
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} (pid {pid}) still there 10 s later"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn survives_a_restart(ctx: integration::cri::Ctx) {
     if integration::cri::pidns::requested() {

@@ -7,38 +7,11 @@ use std::time::{Duration, Instant};
 
 use containerd_client::tonic::{Code, Status};
 use integration::client::{options_any, Client, Options, TaskIo};
+use integration::criu::{criu_available, runtime_checkpoints, COUNTER};
 use integration::inspect::{cgroups_of, mounts_under};
 use integration::runtime::skip;
 use integration::{shim_tests, spec, Shim};
 use serde_json::json;
-
-fn criu_available() -> bool {
-    let ok = std::env::var("CRIU_BIN_DIR").is_ok_and(|d| {
-        std::process::Command::new(format!("{d}/criu"))
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        skip("set CRIU_BIN_DIR to a directory with a working criu (scripts/fetch-criu)");
-    }
-    ok
-}
-
-/// crun's `--version` lists +CRIU when it can checkpoint.
-fn runtime_checkpoints(binary: integration::Binary) -> bool {
-    if binary == integration::Binary::Runc {
-        return true;
-    }
-    let out = std::process::Command::new(binary.name())
-        .arg("--version")
-        .output();
-    let ok = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+CRIU"));
-    if !ok {
-        skip(&format!("{} was built without CRIU support", binary.name()));
-    }
-    ok
-}
 
 /// runc on the cgroup v2 view of a hybrid host: CRIU puts the restored tasks back in the
 /// dumped container's cgroup, where runc's ps and kill do not look (a Kill then never ends
@@ -55,7 +28,6 @@ fn restores_on_this_view(ctx: &integration::runtime::Ctx) -> bool {
     !runc_on_v2_view
 }
 
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done";
 const MEMORY_LIMIT: u64 = 64 << 20;
 
 fn counts(text: &str) -> Vec<u64> {

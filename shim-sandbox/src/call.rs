@@ -66,7 +66,7 @@ pub fn guarded_in<T, E>(dir: &Path, f: impl FnOnce() -> Result<T, E>) -> Result<
     out
 }
 
-fn dev_null() -> Result<OwnedFd, BackendError> {
+pub(crate) fn dev_null() -> Result<OwnedFd, BackendError> {
     std::fs::File::options()
         .read(true)
         .write(true)

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::daemon::CriDaemon;
+use super::procfs::parent;
 
 /// Whether the suite runs containerd in a PID namespace of its own.
 pub fn requested() -> bool {
@@ -45,17 +46,6 @@ pub fn ns_pids(pid: u32) -> Option<Vec<u32>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     line.split_whitespace().map(|p| p.parse().ok()).collect()
-}
-
-/// The parent of `pid` (field 4 of /proc/PID/stat, after the parenthesised name).
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn children(pid: u32) -> Vec<u32> {

@@ -1,13 +1,20 @@
 //! What tests read of a process in /proc: parent, program, namespaces, status fields.
 
-/// The parent pid of `pid` (from `/proc/PID/stat`).
-pub fn ppid(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// The parent of `pid` (from `/proc/PID/stat`), if it still runs.
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) state ppid ...": comm may hold spaces, so split after its closing paren.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no parent pid for {pid}: {stat:?}"))
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The parent pid of `pid`, which must still run.
+pub fn ppid(pid: u32) -> u32 {
+    parent(pid).unwrap_or_else(|| panic!("no parent pid for {pid}: is it gone?"))
 }
 
 /// The file name of the program `pid` runs (`/proc/PID/exe`).
@@ -40,4 +47,20 @@ pub fn status_field(status: &str, field: &str) -> String {
 /// A hexadecimal capability set of `/proc/PID/status` as a number.
 pub fn cap_set(status: &str, field: &str) -> u64 {
     u64::from_str_radix(&status_field(status, field), 16).expect("capability set")
+}
+
+/// Waits up to 10 s until process `pid` is gone; says what it is and what state it is in
+/// when it stays. (A zombie of ours would stay: the shims are not our children.)
+pub async fn wait_gone(pid: u32, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} (pid {pid}) still there 10 s later: state {}, parent {}",
+            status_field(&status, "State"),
+            status_field(&status, "PPid")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -22,7 +22,7 @@ use libshim::{BackendError, CheckpointRequest, ContainerInfo};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use rust_criu::rust_criu_protobuf::rpc;
 
-use crate::call::{failed, state_root, RUNTIME};
+use crate::call::{dev_null, failed, state_root, RUNTIME};
 
 mod plan;
 mod swrk;
@@ -81,15 +81,6 @@ impl Drop for Undo {
         }
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
-}
-
-fn dev_null() -> Result<OwnedFd, BackendError> {
-    std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(|e| BackendError::io("open /dev/null", e))
 }
 
 /// criu's stdio (the restored process inherits the image's piped ones from them) and the

@@ -45,6 +45,8 @@ struct Pod {
     id: String,
     netns_path: String,
     config: PodConfig,
+    /// What the holder is to do, checked at Create (the netns held open since), taken at Start.
+    setup: Option<crate::sys::ns_holder::HolderSetup>,
     files: Arc<PodFiles>,
     created_at: SystemTime,
     phase: Phase,
@@ -145,7 +147,7 @@ impl<B: Backend> SandboxService<B> {
             )));
         }
         // Checked now so that a bad netns or sysctl fails CreateSandbox, before anything is made.
-        holder::setup(&config, &req.netns_path)?;
+        let setup = holder::setup(&config, &req.netns_path)?;
         if req.bundle_path.is_empty() {
             return Err(Error::InvalidArgument(
                 "CreateSandbox: empty bundle_path".into(),
@@ -156,6 +158,7 @@ impl<B: Backend> SandboxService<B> {
             id: req.sandbox_id.clone(),
             netns_path: req.netns_path.clone(),
             config,
+            setup: Some(setup),
             files: Arc::new(files),
             created_at: SystemTime::now(),
             phase: Phase::Created,
@@ -165,12 +168,14 @@ impl<B: Backend> SandboxService<B> {
     async fn start(&self, id: &str) -> Result<StartSandboxResponse> {
         let mut slot = self.inner.pod.lock().await;
         let pod = known(&mut slot, id)?;
-        if !matches!(pod.phase, Phase::Created) {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {id:?} was already started"
-            )));
-        }
-        let setup = holder::setup(&pod.config, &pod.netns_path)?;
+        let setup = match (&pod.phase, pod.setup.take()) {
+            (Phase::Created, Some(setup)) => setup,
+            _ => {
+                return Err(Error::FailedPrecondition(format!(
+                    "sandbox {id:?} was already started"
+                )))
+            }
+        };
         let (pid, exited) = self
             .inner
             .task
@@ -374,6 +379,7 @@ mod tests {
                 cgroup_parent: "/kubepods/pod1".into(),
                 ..Default::default()
             },
+            setup: None,
             files: Arc::new(PodFiles::detached("p")),
             created_at: SystemTime::now(),
             phase: Phase::Created,
