@@ -34,22 +34,27 @@ pub struct Plan {
     lent: Vec<(&'static str, &'static str)>,
 }
 
-/// The container's seccomp profile, from its bundle's config.json.
-pub fn container_profile(bundle: &Path) -> Result<Option<LinuxSeccomp>, BackendError> {
+/// The container's spec, from its bundle's config.json.
+pub fn container_config(bundle: &Path) -> Result<Value, BackendError> {
     let path = bundle.join("config.json");
     let data = std::fs::read(&path)
         .map_err(|e| BackendError::io(format!("exec: read {}", path.display()), e))?;
-    let mut config: Value = serde_json::from_slice(&data).map_err(|e| {
+    serde_json::from_slice(&data).map_err(|e| {
         BackendError::InvalidArgument(format!("exec: {} is not JSON: {e}", path.display()))
-    })?;
-    match config.pointer_mut("/linux/seccomp").map(Value::take) {
+    })
+}
+
+/// The container's seccomp profile, from its spec.
+pub fn container_profile(config: &Value) -> Result<Option<LinuxSeccomp>, BackendError> {
+    match config.pointer("/linux/seccomp") {
         None | Some(Value::Null) => Ok(None),
-        Some(profile) => serde_json::from_value(profile).map(Some).map_err(|e| {
-            BackendError::InvalidArgument(format!(
-                "exec: the seccomp profile in {}: {e}",
-                path.display()
-            ))
-        }),
+        Some(profile) => serde_json::from_value(profile.clone())
+            .map(Some)
+            .map_err(|e| {
+                BackendError::InvalidArgument(format!(
+                    "exec: the container's seccomp profile (config.json): {e}"
+                ))
+            }),
     }
 }
 
@@ -88,6 +93,14 @@ pub fn plan(
         }
     }
     Ok(Some(Arc::new(Plan { profile, lent })))
+}
+
+/// Installs the filter alone, for an exec whose capabilities are set afterwards from scratch
+/// (`exec_userns`): nothing lent needs handing back then.
+pub fn install(plan: &Plan) -> Result<(), String> {
+    libcontainer::seccomp::initialize_seccomp(&plan.profile)
+        .map(drop)
+        .map_err(|e| format!("install the container's seccomp profile: {e}"))
 }
 
 /// Runs in the exec'd process, after libcontainer set its user and capabilities and just
@@ -176,12 +189,13 @@ mod tests {
     fn the_profile_is_read_from_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let write = |v: Value| std::fs::write(dir.path().join("config.json"), v.to_string());
+        let read = || container_profile(&container_config(dir.path()).unwrap());
         write(json!({"linux": {}})).unwrap();
-        assert!(container_profile(dir.path()).unwrap().is_none());
+        assert!(read().unwrap().is_none());
         write(json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO"}}})).unwrap();
-        assert!(container_profile(dir.path()).unwrap().is_some());
+        assert!(read().unwrap().is_some());
         write(json!({"linux": {"seccomp": {"defaultAction": 7}}})).unwrap();
-        let err = container_profile(dir.path()).unwrap_err().to_string();
+        let err = read().unwrap_err().to_string();
         assert!(err.contains("seccomp profile"), "{err}");
     }
 }

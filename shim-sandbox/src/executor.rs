@@ -14,6 +14,8 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 pub struct DefaultSignalsExecutor {
     /// An exec's seccomp profile, which libcontainer leaves out of execs.
     pub seccomp: Option<Arc<crate::exec_seccomp::Plan>>,
+    /// An exec's user namespace and credentials, which libcontainer leaves out too.
+    pub userns: Option<Arc<crate::exec_userns::Plan>>,
 }
 
 impl Executor for DefaultSignalsExecutor {
@@ -22,8 +24,24 @@ impl Executor for DefaultSignalsExecutor {
             .map_err(|e| ExecutorError::Other(format!("reset signal dispositions: {e}")))?;
         // Before an exec's seccomp profile, which may refuse open.
         crate::dev_null::make_stdio_writable();
-        if let Some(plan) = &self.seccomp {
-            crate::exec_seccomp::apply(plan).map_err(ExecutorError::Other)?;
+        match (&self.userns, &self.seccomp) {
+            (Some(userns), seccomp) => {
+                userns.join().map_err(ExecutorError::Other)?;
+                let nnp = userns.no_new_privileges;
+                let install = |plan: &Option<Arc<crate::exec_seccomp::Plan>>| match plan {
+                    Some(plan) => crate::exec_seccomp::install(plan).map_err(ExecutorError::Other),
+                    None => Ok(()),
+                };
+                if !nnp {
+                    install(seccomp)?;
+                }
+                userns.set_credentials().map_err(ExecutorError::Other)?;
+                if nnp {
+                    install(seccomp)?;
+                }
+            }
+            (None, Some(plan)) => crate::exec_seccomp::apply(plan).map_err(ExecutorError::Other)?,
+            (None, None) => {}
         }
         DefaultExecutor {}.exec(spec)
     }

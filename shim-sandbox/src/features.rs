@@ -7,14 +7,17 @@ pub fn document() -> Vec<u8> {
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer",
                   "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec", "relatime",
-                         "private", "rprivate", "shared", "rshared", "slave", "rslave"],
+                         "private", "rprivate", "shared", "rshared", "slave", "rslave",
+                         "idmap", "ridmap"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
             "cgroup": { "v1": true, "v2": true, "systemd": true, "systemdUser": false },
-            // libcontainer 0.7 refuses every idmapped mount at create ("idmapped mount is not
-            // supported", container/mount_validation.rs): containerd 2 reads this entry and
-            // refuses such a task up front (user-namespaced CRI pods carry idmapped mounts).
-            "mountExtensions": { "idmap": { "enabled": false } },
+            // libcontainer 0.7 refuses idmapped mounts; the shim makes them itself
+            // (idmapped.rs), where the kernel can. containerd 2 reads this entry before it
+            // creates a task with one, and CRI before it accepts a user-namespaced pod.
+            "mountExtensions": { "idmap": {
+                "enabled": libshim::mount::idmap::kernel_supported()
+            } },
             "seccomp": { "enabled": true },
             "apparmor": { "enabled": true },
             "selinux": { "enabled": true },
@@ -27,8 +30,13 @@ pub fn document() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn idmapped_mounts_are_reported_unsupported() {
+    fn idmapped_mounts_are_reported_as_the_kernel_allows() {
         let doc: serde_json::Value = serde_json::from_slice(&super::document()).unwrap();
-        assert_eq!(doc["linux"]["mountExtensions"]["idmap"]["enabled"], false);
+        assert_eq!(
+            doc["linux"]["mountExtensions"]["idmap"]["enabled"],
+            libshim::mount::idmap::kernel_supported()
+        );
+        // Every kernel this project runs on in CI has it (5.12+).
+        assert!(libshim::mount::idmap::kernel_supported());
     }
 }

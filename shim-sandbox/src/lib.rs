@@ -10,6 +10,7 @@
 //! call runs from `/` (a create from its bundle) and leaves the shim in `/`, never in a bundle
 //! containerd may remove.
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use libcontainer::container::Container;
@@ -25,9 +26,11 @@ mod checkpoint_paused;
 mod dev_null;
 mod diagnose;
 mod exec_seccomp;
+mod exec_userns;
 mod executor;
 mod features;
 mod freezer;
+mod idmapped;
 mod kill_all;
 mod own_settings;
 mod preflight;
@@ -121,15 +124,22 @@ impl Backend for SandboxBackend {
         let mut process: serde_json::Value = serde_json::from_slice(spec).map_err(|e| {
             BackendError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
         })?;
-        let seccomp =
-            exec_seccomp::plan(exec_seccomp::container_profile(&info.bundle)?, &mut process)?;
+        let config = exec_seccomp::container_config(&info.bundle)?;
+        // Before the seccomp plan: in a user namespace the credentials are set from scratch.
+        let userns = if idmapped::in_user_namespace(&config) {
+            let pid = pid_of(load(info)?.pid().map(i32::from))?;
+            exec_userns::plan(&config, &info.bundle, pid, &mut process)?.map(Arc::new)
+        } else {
+            None
+        };
+        let seccomp = exec_seccomp::plan(exec_seccomp::container_profile(&config)?, &mut process)?;
         let spec = serde_json::to_vec(&process).map_err(|e| {
             BackendError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))
         })?;
         // libcontainer's tenant builder reads the process from a file, as `runc exec --process`.
         let process = BundleFile::write(info.bundle.join(format!(".exec-{exec_id}.json")), &spec)?;
-        let b =
-            call::builder(info, io)?.with_executor(executor::DefaultSignalsExecutor { seccomp });
+        let b = call::builder(info, io)?
+            .with_executor(executor::DefaultSignalsExecutor { seccomp, userns });
         let dir = state_root(&info.options, &info.namespace).join(&info.id);
         let before = tenant::sockets(&dir);
         let built = guarded(|| {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use libshim::BackendError;
 use serde_json::Value;
 
-use crate::volumes;
+use crate::{idmapped, volumes};
 
 /// runc's names for the root's propagation, and libcontainer's for the same mount flags:
 /// libcontainer always applies its propagation recursively (MS_REC), so its "shared" is runc's
@@ -64,18 +64,21 @@ pub fn check_bundle(bundle: &Path) -> Result<Prepared, BackendError> {
     let renamed = normalize_propagation(&mut spec)?;
     // Not `||`: both run.
     let rewritten = crate::cgroup_mount::rewrite(&mut spec)?;
+    // Staging reads the idmaps; the spec kept afterwards lists those mounts as the plain binds
+    // of idmapped clones they are made as (libcontainer validates it again at every exec).
+    let mut for_create = spec.clone();
+    let unmapped = idmapped::strip_all(&mut spec);
     let encode = |spec: &Value| {
         serde_json::to_vec(spec)
             .map_err(|e| BackendError::InvalidArgument(format!("create: {}: {e}", path.display())))
     };
-    let kept = if renamed || rewritten {
+    let kept = if renamed || rewritten || unmapped {
         let data = encode(&spec)?;
         write(&path, &data)?;
         data
     } else {
         data
     };
-    let mut for_create = spec.clone();
     let staged = match volumes::stage(bundle, &mut for_create)? {
         Some(staged) => {
             write(&path, &encode(&for_create)?)?;

@@ -15,11 +15,19 @@
 //! private, of a slave a slave of the same master, of a shared one a peer. `.volumes` is a
 //! private mount itself, so none of this reaches other mount namespaces, and it is detached
 //! right after the create (the container holds clones), or by [`clear`] after a crash.
+//!
+//! A container in a user namespace has every bind source staged: libcontainer opens the
+//! sources from inside that namespace, as the container's root, which may not pass through
+//! containerd's directories (its CRI sandbox dirs are 0700); the bundle is open to the
+//! container's root group (containerd makes it 0710 for it). Idmapped mounts are staged as
+//! idmapped clones (`idmapped`).
 use std::path::{Path, PathBuf};
 
 use libshim::BackendError;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use serde_json::Value;
+
+use crate::idmapped;
 
 /// The staging directory's name in the bundle.
 const STAGING: &str = ".volumes";
@@ -38,24 +46,59 @@ fn propagation(option: &str) -> Option<MsFlags> {
     })
 }
 
-/// A bind mount's bind flags and requested propagation (the last option wins, as in runc).
-fn staged_flags(m: &Value) -> Option<(MsFlags, MsFlags)> {
+/// A bind mount's bind flags (libcontainer's is_bind: `type: bind` is taken as a bind too).
+fn bind_flags(m: &Value) -> Option<MsFlags> {
     let options: Vec<&str> = m["options"]
         .as_array()
         .map(|o| o.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let rbind = options.contains(&"rbind");
-    // libcontainer's is_bind: `type: bind` is taken as a bind too.
-    if !(rbind || options.contains(&"bind") || m["type"] == "bind") {
-        return None;
-    }
-    let wanted = options.iter().rev().find_map(|o| propagation(o))?;
-    let bind = if rbind {
-        MsFlags::MS_BIND | MsFlags::MS_REC
+    if options.contains(&"rbind") {
+        Some(MsFlags::MS_BIND | MsFlags::MS_REC)
+    } else if options.contains(&"bind") || m["type"] == "bind" {
+        Some(MsFlags::MS_BIND)
     } else {
-        MsFlags::MS_BIND
-    };
-    Some((bind, wanted))
+        None
+    }
+}
+
+/// The propagation a mount asks for (the last option wins, as in runc).
+fn wanted_propagation(m: &Value) -> Option<MsFlags> {
+    m["options"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find_map(|o| o.as_str().and_then(propagation))
+}
+
+/// How one bind mount's source is staged.
+struct Plan {
+    index: usize,
+    bind: MsFlags,
+    propagation: Option<MsFlags>,
+    idmap: Option<idmapped::Idmap>,
+}
+
+/// The bind mounts of `spec` that are staged: those with a propagation option or an idmap,
+/// and every one of a user-namespaced container.
+fn plans(spec: &Value) -> Result<Vec<Plan>, BackendError> {
+    let userns = idmapped::in_user_namespace(spec);
+    let mut plans = Vec::new();
+    for (index, m) in spec["mounts"].as_array().into_iter().flatten().enumerate() {
+        let Some(bind) = bind_flags(m) else {
+            continue;
+        };
+        let propagation = wanted_propagation(m);
+        let idmap = idmapped::wanted(spec, m)?;
+        if propagation.is_some() || idmap.is_some() || userns {
+            plans.push(Plan {
+                index,
+                bind,
+                propagation,
+                idmap,
+            });
+        }
+    }
+    Ok(plans)
 }
 
 /// The staged sources of one create; dropping it detaches them.
@@ -90,20 +133,16 @@ pub fn clear_bundle(bundle: &Path) {
     clear(&bundle.join(STAGING));
 }
 
-/// Stages the sources of `spec`'s bind mounts that ask for a propagation and points the spec
-/// at them. None when there are none.
+/// Stages the sources of `spec`'s bind mounts that need it (see [`plans`]) and points the
+/// spec at them. None when there are none.
 pub fn stage(bundle: &Path, spec: &mut Value) -> Result<Option<Staged>, BackendError> {
+    let plans = plans(spec)?;
+    if plans.is_empty() {
+        return Ok(None);
+    }
     let Some(mounts) = spec["mounts"].as_array_mut() else {
         return Ok(None);
     };
-    let wanted: Vec<(usize, MsFlags, MsFlags)> = mounts
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| staged_flags(m).map(|(bind, prop)| (i, bind, prop)))
-        .collect();
-    if wanted.is_empty() {
-        return Ok(None);
-    }
     let dir = bundle.join(STAGING);
     clear(&dir);
     let io = |what: String, e: std::io::Error| BackendError::io(format!("create: {what}"), e);
@@ -113,8 +152,9 @@ pub fn stage(bundle: &Path, spec: &mut Value) -> Result<Option<Staged>, BackendE
     mount(Some(&dir), &dir, none, MsFlags::MS_BIND, none)
         .and_then(|()| mount(none, &dir, none, MsFlags::MS_PRIVATE, none))
         .map_err(|e| io(format!("make {} a private mount", dir.display()), e.into()))?;
-    for (i, bind, prop) in wanted {
-        let m = &mut mounts[i];
+    let mut namespaces = idmapped::Namespaces::default();
+    for plan in plans {
+        let m = &mut mounts[plan.index];
         let Some(source) = m["source"].as_str().map(PathBuf::from) else {
             continue;
         };
@@ -124,26 +164,40 @@ pub fn stage(bundle: &Path, spec: &mut Value) -> Result<Option<Staged>, BackendE
         let Ok(meta) = std::fs::metadata(&source) else {
             continue;
         };
-        let target = dir.join(i.to_string());
+        let target = dir.join(plan.index.to_string());
         let made = if meta.is_dir() {
             std::fs::create_dir(&target)
         } else {
             std::fs::File::create(&target).map(drop)
         };
         made.map_err(|e| io(format!("create {}", target.display()), e))?;
-        mount(Some(&source), &target, none, bind, none)
-            .and_then(|()| mount(none, &target, none, prop, none))
-            .map_err(|e| {
-                io(
-                    format!(
-                        "mount {dest}: bind {} with its propagation at {}",
-                        source.display(),
-                        target.display()
-                    ),
-                    e.into(),
-                )
-            })?;
+        let recursive = plan.bind.contains(MsFlags::MS_REC);
+        let (how, bound) = match &plan.idmap {
+            Some(idmap) => (
+                "an idmapped clone of",
+                namespaces.bind(&source, &target, recursive, idmap),
+            ),
+            None => (
+                "bind",
+                mount(Some(&source), &target, none, plan.bind, none).map_err(Into::into),
+            ),
+        };
+        let propagated = bound.and_then(|()| match plan.propagation {
+            Some(prop) => mount(none, &target, none, prop, none).map_err(Into::into),
+            None => Ok(()),
+        });
+        propagated.map_err(|e| {
+            io(
+                format!(
+                    "mount {dest}: stage {how} {} at {}",
+                    source.display(),
+                    target.display()
+                ),
+                e,
+            )
+        })?;
         m["source"] = Value::String(target.to_string_lossy().into_owned());
+        idmapped::strip(m);
     }
     Ok(Some(staged))
 }
@@ -153,6 +207,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// The bind flags and propagation of a staged mount, as the old single-purpose check.
+    fn staged_flags(m: &Value) -> Option<(MsFlags, MsFlags)> {
+        Some((bind_flags(m)?, wanted_propagation(m)?))
+    }
 
     #[test]
     fn binds_with_a_propagation_option_are_staged() {
@@ -180,6 +239,30 @@ mod tests {
             flags(json!({"type": "tmpfs", "options": ["rprivate"]})),
             None
         );
+    }
+
+    #[test]
+    fn a_user_namespaced_container_has_every_bind_staged() {
+        let idmapped = json!({"destination": "/v", "type": "bind", "source": "/v",
+            "options": ["rbind"],
+            "uidMappings": [{"containerID": 0, "hostID": 165536, "size": 65536}],
+            "gidMappings": [{"containerID": 0, "hostID": 165536, "size": 65536}]});
+        let plain = json!({"destination": "/etc/hosts", "type": "bind", "source": "/h",
+            "options": ["rbind", "ro"]});
+        let proc = json!({"destination": "/proc", "type": "proc", "source": "proc"});
+        let staged = |spec: Value| -> Vec<(usize, bool)> {
+            plans(&spec)
+                .unwrap()
+                .iter()
+                .map(|p| (p.index, p.idmap.is_some()))
+                .collect()
+        };
+        let mounts = json!([proc, plain, idmapped]);
+        // Host user namespace: only the idmapped one.
+        assert_eq!(staged(json!({"mounts": mounts})), vec![(2, true)]);
+        // Its own: every bind, libcontainer opens sources as the container's root.
+        let userns = json!({"mounts": mounts, "linux": {"namespaces": [{"type": "user"}]}});
+        assert_eq!(staged(userns), vec![(1, false), (2, true)]);
     }
 
     #[test]

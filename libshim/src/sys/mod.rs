@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
+pub mod idmap;
 pub mod ns_holder;
 
 /// Takes ownership of an fd the kernel just handed us (SCM_RIGHTS).
