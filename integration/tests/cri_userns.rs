@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use integration::cri::api::*;
 use integration::cri::tonic::{self, Status};
+use integration::cri::client::Pod;
+use integration::cri::handler_features::{RUNC_RS_RUNC_TYPE, SANDBOX_RUNC_TYPE};
 use integration::cri::Ctx;
 use integration::cri_tests;
 
@@ -80,7 +82,52 @@ cri_tests!(user_namespaced_pod, |ctx| {
         Err(e) if refused(&ctx, "RunPodSandbox", &e) => return,
         Err(e) => panic!("RunPodSandbox: {e:?}"),
     };
-    let volume = tempfile::tempdir_in(ctx.daemon.dir()).unwrap();
+    exercise(&ctx, pod).await;
+});
+
+/// kubelet runs `hostUsers: false` pods only on a handler whose CRI features report user
+/// namespaces, which containerd 2 computes for `io.containerd.runc.v2` handlers alone: our
+/// shims by the drop-in recipe (`runtime_path`, runc's options). The sandbox shim runs the
+/// pod; the runc shim passes runc's features on, and containerd refuses the container
+/// clearly where runc lacks idmapped mounts (runc 1.1.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaced_pods_on_the_drop_in_recipe() {
+    integration::cri::run(integration::cri::Handler::Sandbox, |ctx| async move {
+        if !ctx.daemon.has_runc_type_handlers() {
+            integration::runtime::skip(
+                "the drop-in recipe's handlers are configured on containerd 2.x with pause \
+                 containers only",
+            );
+            return;
+        }
+        let mut config = ctx.pod_config("userns-recipe");
+        let ns = integration::cri::client::pod_namespaces(&mut config);
+        ns.userns_options = Some(userns());
+        let pod = ctx.run_pod_on(config.clone(), SANDBOX_RUNC_TYPE).await;
+        exercise(&ctx, pod).await;
+
+        let mut config = config;
+        config.metadata.as_mut().expect("metadata").name = "userns-recipe-runc".into();
+        let pod = ctx.run_pod_on(config, RUNC_RS_RUNC_TYPE).await;
+        let id = pod.create(app(&ctx)).await.expect("CreateContainer");
+        let err = ctx
+            .cri
+            .start_container(&id)
+            .await
+            .expect_err("runc 1.1.5 has no idmapped mounts");
+        assert!(
+            err.message().contains("idmap mounts not supported")
+                && err.message().contains("mountExtensions.idmap"),
+            "{err:?}"
+        );
+    })
+    .await
+}
+
+/// The app container of a user-namespaced pod: the pod's user namespace, a volume idmapped to
+/// the same range.
+fn app(ctx: &Ctx) -> ContainerConfig {
+    let volume = tempfile::tempdir_in(ctx.daemon.dir()).unwrap().keep();
     let mut c = integration::cri::sleeper("app");
     let sc = integration::cri::client::security(&mut c);
     let cns = sc.namespace_options.get_or_insert_with(Default::default);
@@ -90,20 +137,27 @@ cri_tests!(user_namespaced_pod, |ctx| {
     cns.ipc = NamespaceMode::Pod as i32;
     c.mounts.push(Mount {
         container_path: "/v".into(),
-        host_path: volume.path().to_string_lossy().into_owned(),
+        host_path: volume.to_string_lossy().into_owned(),
         uid_mappings: vec![userns().uids[0]],
         gid_mappings: vec![userns().gids[0]],
         ..Default::default()
     });
+    c
+}
+
+/// Runs the app container in `pod` and checks it from inside and from the host.
+async fn exercise(ctx: &Ctx, pod: Pod) {
+    let c = app(ctx);
+    let volume = std::path::PathBuf::from(&c.mounts[0].host_path);
     let id = match pod.create(c).await {
         Ok(id) => id,
-        Err(e) if refused(&ctx, "CreateContainer", &e) => return,
+        Err(e) if refused(ctx, "CreateContainer", &e) => return,
         Err(e) => panic!("CreateContainer: {e:?}"),
     };
     // CRI creates the task at StartContainer: containerd's features check runs there.
     match ctx.cri.start_container(&id).await {
         Ok(()) => {}
-        Err(e) if refused(&ctx, "StartContainer", &e) => return,
+        Err(e) if refused(ctx, "StartContainer", &e) => return,
         Err(e) => panic!("StartContainer: {e:?}"),
     }
 
@@ -133,7 +187,7 @@ cri_tests!(user_namespaced_pod, |ctx| {
     // Written through the idmapped volume as the container's root (host uid HOST_ID), the
     // file is owned by the id that maps back: root on the host.
     pod.exec_ok(&id, &["sh", "-c", "echo hi >/v/f"]).await;
-    let meta = std::fs::metadata(volume.path().join("f")).unwrap();
+    let meta = std::fs::metadata(volume.join("f")).unwrap();
     assert_eq!(
         (meta.uid(), meta.gid()),
         (0, 0),
@@ -207,7 +261,7 @@ cri_tests!(user_namespaced_pod, |ctx| {
         .filter(|l| l.contains(&daemon_dir) && (l.contains("idmapped") || l.contains(".volumes")))
         .collect();
     assert!(left.is_empty(), "idmapped mounts left: {left:#?}");
-});
+}
 
 /// The four ids of a /proc status line ("Uid:" or "Gid:").
 fn status_field(status: &str, key: &str) -> Vec<u32> {

@@ -123,6 +123,10 @@ impl CriDaemon {
                 }
             }
         }
+        // Our shims under runc's type too (handler_features.rs): what CRI's Status reports.
+        if self.has_runc_type_handlers() {
+            c += &self.runc_type_handlers(&format!("{runtime_plugin}.containerd.runtimes"));
+        }
         c
     }
 }

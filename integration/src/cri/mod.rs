@@ -12,6 +12,7 @@ pub mod client;
 mod config;
 pub mod daemon;
 pub mod handler;
+pub mod handler_features;
 pub mod image;
 mod launch;
 pub mod pauseless;
