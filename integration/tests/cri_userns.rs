@@ -10,9 +10,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use integration::cri::api::*;
-use integration::cri::tonic::{self, Status};
 use integration::cri::client::Pod;
 use integration::cri::handler_features::{RUNC_RS_RUNC_TYPE, SANDBOX_RUNC_TYPE};
+use integration::cri::tonic::{self, Status};
 use integration::cri::Ctx;
 use integration::cri_tests;
 
@@ -106,7 +106,6 @@ async fn user_namespaced_pods_on_the_drop_in_recipe() {
         let pod = ctx.run_pod_on(config.clone(), SANDBOX_RUNC_TYPE).await;
         exercise(&ctx, pod).await;
 
-        let mut config = config;
         config.metadata.as_mut().expect("metadata").name = "userns-recipe-runc".into();
         let pod = ctx.run_pod_on(config, RUNC_RS_RUNC_TYPE).await;
         let id = pod.create(app(&ctx)).await.expect("CreateContainer");
