@@ -25,6 +25,18 @@ pub fn setup(pod: &PodConfig, netns_path: &str) -> Result<HolderSetup> {
                 .into(),
         ));
     }
+    // A user-namespaced pod: CRI made its network namespace inside a user namespace with the
+    // pod's id mappings (containerd 2's setupNetnsWithinUserns); that user namespace becomes
+    // the pod's, and the holder makes the pod's other namespaces in it.
+    let userns = match (pod.user_namespace, &netns) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(Error::InvalidArgument(
+                "CreateSandbox: a user-namespaced pod needs a network namespace of its own".into(),
+            ))
+        }
+        (true, Some(netns)) => Some(pod_user_namespace(netns.as_fd(), netns_path)?),
+    };
     let new_uts = !host_network;
     let new_ipc = pod.ipc != NamespaceMode::Node;
     let hostname = match (new_uts, pod.hostname.is_empty()) {
@@ -46,6 +58,7 @@ pub fn setup(pod: &PodConfig, netns_path: &str) -> Result<HolderSetup> {
         ));
     }
     Ok(HolderSetup {
+        userns,
         netns,
         new_ipc,
         new_uts,
@@ -57,12 +70,39 @@ pub fn setup(pod: &PodConfig, netns_path: &str) -> Result<HolderSetup> {
     })
 }
 
+/// The user namespace that owns the pod's network namespace, refused if it is the host's.
+fn pod_user_namespace(netns: std::os::fd::BorrowedFd<'_>, netns_path: &str) -> Result<OwnedFd> {
+    let userns = ns_holder::owning_user_namespace(netns).map_err(|e| {
+        Error::io(
+            format!("find the user namespace that owns the network namespace {netns_path}"),
+            e,
+        )
+    })?;
+    let ours = std::fs::metadata("/proc/self/ns/user")
+        .map_err(|e| Error::io("stat /proc/self/ns/user", e))?;
+    let theirs = nix::sys::stat::fstat(userns.as_fd())
+        .map_err(|e| Error::io("stat the pod's user namespace", e.into()))?;
+    use std::os::unix::fs::MetadataExt;
+    if (ours.dev(), ours.ino()) == (theirs.st_dev, theirs.st_ino) {
+        return Err(Error::FailedPrecondition(format!(
+            "CreateSandbox: the pod asks for a user namespace, but its network namespace \
+             {netns_path} belongs to the host's (containerd 2 makes it in the pod's)"
+        )));
+    }
+    Ok(userns)
+}
+
 /// Clones the holder; its failure names the step, the value and the cause.
 pub fn spawn(setup: &HolderSetup, pod: &PodConfig, netns_path: &str) -> Result<u32> {
     ns_holder::spawn(setup).map_err(|e| match e {
         HolderError::Spawn(e) => Error::io("clone the pod's namespace holder", e),
         HolderError::Setup { step, error } => {
             let what = match step {
+                Step::JoinUser => {
+                    format!("join the user namespace of the pod's network namespace {netns_path}")
+                }
+                Step::BecomeRoot => "become root in the pod's user namespace".to_string(),
+                Step::Unshare => "make the pod's namespaces in its user namespace".to_string(),
                 Step::JoinNetwork => format!("join the pod's network namespace {netns_path}"),
                 Step::SetHostname => format!("set the pod's hostname {:?}", pod.hostname),
                 Step::Sysctl(i) => {
@@ -265,5 +305,90 @@ mod tests {
             err.to_string().contains("kernel.shmmni=not-a-number"),
             "{err}"
         );
+    }
+
+    /// A network namespace made by `unshare` with `args`, and its path.
+    fn foreign_netns(args: &[&str]) -> (std::process::Child, String) {
+        let child = std::process::Command::new("unshare")
+            .args(args)
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        let netns = format!("/proc/{}/ns/net", child.id());
+        while std::fs::read_link(&netns).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        (child, netns)
+    }
+
+    /// A user-namespaced pod (root only): the holder is in the user namespace that owns the
+    /// pod's network namespace, as that namespace's root, and its UTS, IPC and PID namespaces
+    /// belong to it (so the pod's containers, inside it, may join them).
+    #[test]
+    fn a_user_namespaced_holder_makes_the_pods_namespaces_in_it() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (mut owner, netns) = foreign_netns(&["--user", "--map-root-user", "--net"]);
+        let pod = PodConfig {
+            hostname: "userns-holder".into(),
+            user_namespace: true,
+            ..Default::default()
+        };
+        let made = setup(&pod, &netns).and_then(|s| spawn(&s, &pod, &netns));
+        let link = |path: String| std::fs::read_link(path).unwrap();
+        let owner_userns = link(format!("/proc/{}/ns/user", owner.id()));
+        let checks = made.as_ref().map(|pid| {
+            let holder_userns = link(format!("/proc/{pid}/ns/user"));
+            let owners: Vec<std::path::PathBuf> = ["uts", "ipc", "pid"]
+                .iter()
+                .map(|kind| {
+                    let ns = std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).unwrap();
+                    let userns = ns_holder::owning_user_namespace(ns.as_fd()).unwrap();
+                    std::fs::read_link(format!(
+                        "/proc/self/fd/{}",
+                        std::os::fd::AsRawFd::as_raw_fd(&userns)
+                    ))
+                    .unwrap()
+                })
+                .collect();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            (holder_userns, owners, status)
+        });
+        if let Ok(pid) = &made {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid as i32), None);
+        }
+        let _ = owner.kill();
+        let _ = owner.wait();
+        let (holder_userns, owners, status) = checks.unwrap();
+        assert_eq!(holder_userns, owner_userns);
+        assert_eq!(
+            owners,
+            vec![owner_userns.clone(); 3],
+            "owners of uts, ipc, pid"
+        );
+        // Root inside: --map-root-user maps 0 to the caller (0 here).
+        assert!(status.contains("\nUid:\t0\t0\t0\t0"), "{status}");
+    }
+
+    #[test]
+    fn a_user_namespaced_pod_needs_a_netns_of_its_own_user_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let (mut owner, netns) = foreign_netns(&["--net"]);
+        let pod = PodConfig {
+            user_namespace: true,
+            ..Default::default()
+        };
+        let err = setup(&pod, &netns).map(drop).unwrap_err();
+        let _ = owner.kill();
+        let _ = owner.wait();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains(&netns), "{err}");
     }
 }

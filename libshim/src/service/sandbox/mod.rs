@@ -139,13 +139,6 @@ impl<B: Backend> SandboxService<B> {
             Some(any) if !any.value.is_empty() => PodConfig::decode(&any.type_url, &any.value)?,
             _ => PodConfig::default(),
         };
-        if config.user_namespace {
-            return Err(Error::FailedPrecondition(format!(
-                "sandbox {:?}: user-namespaced pods (hostUsers: false) are not served with \
-                 sandboxer \"shim\" yet; use the default sandboxer (\"podsandbox\")",
-                req.sandbox_id
-            )));
-        }
         // Checked now so that a bad netns or sysctl fails CreateSandbox, before anything is made.
         let setup = holder::setup(&config, &req.netns_path)?;
         if req.bundle_path.is_empty() {
@@ -327,6 +320,10 @@ fn pod_spec(pod: &Pod, pid: u32) -> protobuf::well_known_types::any::Any {
     }
     if pod.config.pid != NamespaceMode::Node {
         namespaces.push(serde_json::json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+    }
+    if pod.config.user_namespace {
+        namespaces
+            .push(serde_json::json!({"type": "user", "path": format!("/proc/{pid}/ns/user")}));
     }
     let spec = serde_json::json!({
         "ociVersion": "1.2.0",

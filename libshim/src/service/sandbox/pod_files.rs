@@ -147,6 +147,7 @@ impl PodFiles {
             ns.iter()
                 .any(|n| n["type"] == "ipc" && n["path"].is_string())
         });
+        let idmap = container_id_mappings(spec);
         let Some(mounts) = spec["mounts"].as_array_mut() else {
             return false;
         };
@@ -157,7 +158,14 @@ impl PodFiles {
             ("resolv.conf", "/etc/resolv.conf"),
         ] {
             if mounts.iter().all(|m| m["destination"] != destination) {
-                mounts.push(bind(&self.dir.join(file), destination, readonly));
+                let mut m = bind(&self.dir.join(file), destination, readonly);
+                // In a user namespace, idmapped to the container's ids as CRI mounts them:
+                // the container's root owns them.
+                if let Some((uids, gids)) = &idmap {
+                    m["uidMappings"] = uids.clone();
+                    m["gidMappings"] = gids.clone();
+                }
+                mounts.push(m);
                 changed = true;
             }
         }
@@ -171,6 +179,16 @@ impl PodFiles {
         }
         changed
     }
+}
+
+/// The id mappings of a container with a user namespace, if it has both.
+fn container_id_mappings(spec: &Value) -> Option<(Value, Value)> {
+    let in_userns = spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"));
+    let (uids, gids) = (&spec["linux"]["uidMappings"], &spec["linux"]["gidMappings"]);
+    let present = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+    (in_userns && present(uids) && present(gids)).then(|| (uids.clone(), gids.clone()))
 }
 
 /// A container a dead pod shim left (see [`PodFiles::record_container`]).
@@ -304,6 +322,32 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(shm["type"], "tmpfs", "no pod shm with the host's IPC");
+    }
+
+    #[test]
+    fn a_user_namespaced_container_gets_them_idmapped_to_its_ids() {
+        let map = json!([{"containerID": 0, "hostID": 165536, "size": 65536}]);
+        let mut spec = app_spec("pod1");
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user", "path": "/proc/9/ns/user"}));
+        spec["linux"]["uidMappings"] = map.clone();
+        spec["linux"]["gidMappings"] = map.clone();
+        assert!(files(true).add_to(&mut spec));
+        let mounts = spec["mounts"].as_array().unwrap();
+        let find = |d: &str| mounts.iter().find(|m| m["destination"] == d).unwrap();
+        for file in ["/etc/hostname", "/etc/resolv.conf"] {
+            assert_eq!(find(file)["uidMappings"], map, "{file}");
+            assert_eq!(find(file)["gidMappings"], map, "{file}");
+        }
+        // The shm is a tmpfs open to all (not every kernel idmaps tmpfs).
+        assert!(find("/dev/shm")["uidMappings"].is_null());
+        // Without a user namespace, no mappings.
+        let mut plain = app_spec("pod1");
+        assert!(files(true).add_to(&mut plain));
+        let mounts = plain["mounts"].as_array().unwrap();
+        assert!(mounts.iter().all(|m| m["uidMappings"].is_null()));
     }
 
     #[test]
