@@ -22,11 +22,14 @@ pub struct Config {
     /// Our handlers run pods without a pause container (`sandboxer = "shim"`, containerd
     /// 2.x); the Go shim keeps its pause container, the reference.
     pub pauseless: bool,
+    /// One more latency column: the sandbox shim's pods user-namespaced (`hostUsers: false`,
+    /// containerd 2.x), what that costs per pod.
+    pub userns: bool,
     pub out: PathBuf,
 }
 
 const USAGE: &str =
-    "usage: shim-bench [--quick] [--pods [--pauseless]] [--runs N] [--pod-runs N] [--out DIR] \
+    "usage: shim-bench [--quick] [--pods [--pauseless] [--userns]] [--runs N] [--pod-runs N] [--out DIR] \
                      [--shims LIST] [--phases LIST] [--containerd-debug] [--state-on-disk] \
                      [--cgroup-v2]";
 pub const PHASES: [&str; 5] = ["latency", "throughput", "cpu", "memory", "pods"];
@@ -49,8 +52,8 @@ pub fn config() -> Config {
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
-            "--quick" | "--pods" | "--pauseless" | "--containerd-debug" | "--state-on-disk"
-            | "--cgroup-v2" => {}
+            "--quick" | "--pods" | "--pauseless" | "--userns" | "--containerd-debug"
+            | "--state-on-disk" | "--cgroup-v2" => {}
             "--runs" | "--pod-runs" | "--out" | "--shims" | "--phases" if rest.next().is_some() => {
             }
             _ => refuse(&format!("unexpected argument {a:?}")),
@@ -111,6 +114,7 @@ pub fn config() -> Config {
         pod_runs,
         pods_alive: if quick { 3 } else { 20 },
         pauseless: flag("--pauseless"),
+        userns: flag("--userns"),
         out: PathBuf::from(value("--out").unwrap_or_else(|| "target/bench".into())),
     }
 }

@@ -42,14 +42,7 @@ fn metrics(r: &Value) -> Vec<(String, String, f64)> {
             }
         }
     }
-    // Pods (CRI), keyed by handler, each naming its shim's runtime type.
-    let pod = |s: &str| -> Value {
-        r["pods"]["handlers"]
-            .as_object()
-            .and_then(|h| h.values().find(|v| v["runtime_type"] == s))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let pod = |s: &str| crate::table::pod_of(r, s);
     push("pod start median", &|s| {
         pod(s)["start"]["median_ms"].as_f64()
     });

@@ -1,7 +1,7 @@
 //! `shim-bench`: our shims against containerd's Go runc shim, interleaved in one run against
 //! one private containerd. Prints a table, writes JSON and an SVG chart.
 //!
-//! Usage: shim-bench [--quick] [--pods [--pauseless]] [--runs N] [--pod-runs N] [--out DIR]
+//! Usage: shim-bench [--quick] [--pods [--pauseless] [--userns]] [--runs N] [--pod-runs N] [--out DIR]
 //!                   [--shims LIST] [--phases LIST] [--containerd-debug] [--state-on-disk]
 //!                   [--cgroup-v2]
 //! LIST is comma-separated: shims among runc.v2,runc.rs-v2,sandbox.v2 (runtime type without
@@ -9,7 +9,8 @@
 //! is for profiling one part (e.g. `perf record -a` around `--shims sandbox.v2 --phases
 //! throughput`). `--pods` is `--phases pods`: Kubernetes pods through containerd's CRI plugin,
 //! one runtime handler per shim, in a containerd of its own ([`pods`]); with `--pauseless`
-//! (containerd 2.x) our handlers run pods without a pause container (`sandboxer = "shim"`).
+//! (containerd 2.x) our handlers run pods without a pause container (`sandboxer = "shim"`);
+//! with `--userns` (2.x) the sandbox shim's pods are timed once more user-namespaced.
 //!
 //! containerd runs as it does in production: log level info, its state and `/run/containerd`
 //! on a tmpfs (mounted in its own mount namespace, as `/run` is on any systemd host).

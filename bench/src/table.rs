@@ -90,14 +90,7 @@ pub fn table(r: &Value) -> String {
             }
         }
     }
-    // Pods: keyed by CRI handler, each naming its shim's runtime type.
-    let pod = |s: &str| -> Value {
-        r["pods"]["handlers"]
-            .as_object()
-            .and_then(|h| h.values().find(|v| v["runtime_type"] == s))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let pod = |s: &str| pod_of(r, s);
     for (what, key) in [
         ("pod start", "start"),
         ("pod RunPodSandbox", "run_pod_sandbox"),
@@ -152,4 +145,17 @@ pub fn table(r: &Value) -> String {
         }
     }
     out
+}
+
+/// The pods phase's entry of the handler whose shim is `runtime_type` (entries are keyed by
+/// CRI handler, each naming its runtime type; the user-namespaced column is not a shim's).
+pub fn pod_of(r: &Value, runtime_type: &str) -> Value {
+    r["pods"]["handlers"]
+        .as_object()
+        .and_then(|h| {
+            h.values()
+                .find(|v| v["runtime_type"] == runtime_type && v["user_namespaced"] != true)
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
 }

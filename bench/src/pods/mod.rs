@@ -13,7 +13,7 @@ mod usage;
 
 use std::time::{Duration, Instant};
 
-use integration::cri::api::{NamespaceMode, PodSandboxConfig};
+use integration::cri::api::{IdMapping, NamespaceMode, PodSandboxConfig, UserNamespace};
 use integration::cri::client::verbose_info;
 use integration::cri::{sleeper, Cri, CriDaemon, Ctx, Handler};
 use integration::Shim;
@@ -66,10 +66,40 @@ pub fn pod_config(ctx: &Ctx, base: &str, host_network: bool) -> PodSandboxConfig
     config
 }
 
+/// The pod user-namespaced (`hostUsers: false`): kubelet's mode POD with a 65536-id range.
+fn user_namespaced(mut config: PodSandboxConfig) -> PodSandboxConfig {
+    let map = IdMapping {
+        host_id: 165536,
+        container_id: 0,
+        length: 65536,
+    };
+    integration::cri::client::pod_namespaces(&mut config).userns_options = Some(UserNamespace {
+        mode: NamespaceMode::Pod as i32,
+        uids: vec![map],
+        gids: vec![map],
+    });
+    config
+}
+
 /// RunPodSandbox, CreateContainer and StartContainer of a `sleep` app container, each timed.
+/// The app shares the pod's user namespace, if it has one.
 pub async fn start(ctx: &Ctx, config: PodSandboxConfig) -> Started {
     let cri = &ctx.cri;
     let name = ctx.handler.name();
+    let mut app = sleeper("app");
+    let pod_userns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|n| n.userns_options.clone());
+    if let Some(userns) = pod_userns {
+        let ns = integration::cri::client::security(&mut app)
+            .namespace_options
+            .get_or_insert_with(Default::default);
+        ns.userns_options = Some(userns);
+        ns.pid = NamespaceMode::Container as i32;
+    }
     let t0 = Instant::now();
     let t = Instant::now();
     let id = cri
@@ -79,7 +109,7 @@ pub async fn start(ctx: &Ctx, config: PodSandboxConfig) -> Started {
     let run = ms(t);
     let t = Instant::now();
     let app = cri
-        .create_container(&id, sleeper("app"), &config)
+        .create_container(&id, app, &config)
         .await
         .unwrap_or_else(|e| panic!("CreateContainer on {name}: {e:?}"));
     let create = ms(t);
@@ -125,14 +155,38 @@ fn stats(mut v: Vec<f64>) -> Value {
     })
 }
 
-/// Start and teardown latency over `runs` pods per handler, interleaved.
-async fn latency(ctxs: &[Ctx], runs: usize) -> serde_json::Map<String, Value> {
-    let mut start_ms = vec![Vec::new(); ctxs.len()];
-    let mut calls_ms = vec![[Vec::new(), Vec::new(), Vec::new()]; ctxs.len()];
-    let mut teardown_ms = vec![Vec::new(); ctxs.len()];
+/// A latency column: a handler, its pods user-namespaced or not.
+struct Column<'a> {
+    ctx: &'a Ctx,
+    userns: bool,
+}
+
+impl Column<'_> {
+    fn name(&self) -> String {
+        match self.userns {
+            false => self.ctx.handler.name().to_string(),
+            true => format!("{}-userns", self.ctx.handler.name()),
+        }
+    }
+
+    fn pod_config(&self, base: &str) -> PodSandboxConfig {
+        let config = pod_config(self.ctx, base, false);
+        match self.userns {
+            false => config,
+            true => user_namespaced(config),
+        }
+    }
+}
+
+/// Start and teardown latency over `runs` pods per column, interleaved.
+async fn latency(columns: &[Column<'_>], runs: usize) -> serde_json::Map<String, Value> {
+    let mut start_ms = vec![Vec::new(); columns.len()];
+    let mut calls_ms = vec![[Vec::new(), Vec::new(), Vec::new()]; columns.len()];
+    let mut teardown_ms = vec![Vec::new(); columns.len()];
     for _ in 0..runs {
-        for (i, ctx) in ctxs.iter().enumerate() {
-            let pod = start(ctx, pod_config(ctx, "lat", false)).await;
+        for (i, column) in columns.iter().enumerate() {
+            let ctx = column.ctx;
+            let pod = start(ctx, column.pod_config("lat")).await;
             start_ms[i].push(pod.start_ms);
             for (all, one) in calls_ms[i].iter_mut().zip(pod.calls_ms) {
                 all.push(one);
@@ -145,10 +199,10 @@ async fn latency(ctxs: &[Ctx], runs: usize) -> serde_json::Map<String, Value> {
         }
     }
     let mut out = serde_json::Map::new();
-    for (i, ctx) in ctxs.iter().enumerate() {
+    for (i, column) in columns.iter().enumerate() {
         let [run, create, start] = std::mem::take(&mut calls_ms[i]);
         out.insert(
-            ctx.handler.name().into(),
+            column.name(),
             json!({
                 "start": stats(std::mem::take(&mut start_ms[i])),
                 "run_pod_sandbox": stats(run),
@@ -193,14 +247,29 @@ pub async fn run(cfg: &Config) -> Value {
         })
         .collect();
     let accounting = usage::Accounting::new(daemon);
+    let mut columns: Vec<Column> = ctxs
+        .iter()
+        .map(|ctx| Column { ctx, userns: false })
+        .collect();
+    if cfg.userns {
+        if daemon.version().0 < 2 {
+            eprintln!("shim-bench: --userns needs containerd 2.x (idmapped rootfs and mounts)");
+            std::process::exit(2);
+        }
+        match ctxs.iter().find(|c| c.handler == Handler::Sandbox) {
+            Some(ctx) => columns.push(Column { ctx, userns: true }),
+            None => eprintln!("pods: --userns times the sandbox shim, which --shims leaves out"),
+        }
+    }
     // Warm caches (binaries, image snapshots, CNI) before measuring.
-    for ctx in &ctxs {
-        let pod = start(ctx, pod_config(ctx, "warm", false)).await;
+    for column in &columns {
+        let ctx = column.ctx;
+        let pod = start(ctx, column.pod_config("warm")).await;
         teardown(&ctx.cri, &pod.id).await;
         usage::settle(ctx.daemon, Duration::from_millis(100)).await;
     }
-    eprintln!("pods: {} interleaved pod starts per handler", cfg.pod_runs);
-    let mut latency = latency(&ctxs, cfg.pod_runs).await;
+    eprintln!("pods: {} interleaved pod starts per column", cfg.pod_runs);
+    let mut latency = latency(&columns, cfg.pod_runs).await;
     eprintln!(
         "pods: memory and CPU, {} pods alive per handler",
         cfg.pods_alive
@@ -213,6 +282,22 @@ pub async fn run(cfg: &Config) -> Value {
         m["runtime_type"] = json!(ctx.handler.runtime_type());
         m["pauseless"] = json!(daemon.pauseless(ctx.handler));
         out.insert(ctx.handler.name().into(), m);
+    }
+    // The user-namespaced column: latency only (its memory and CPU are the shim's as above).
+    for column in columns.iter().filter(|c| c.userns) {
+        let mut m = latency.remove(&column.name()).unwrap_or(json!({}));
+        m["runtime_type"] = json!(column.ctx.handler.runtime_type());
+        m["user_namespaced"] = json!(true);
+        m["pauseless"] = json!(daemon.pauseless(column.ctx.handler));
+        eprintln!(
+            "pods: {}: start median {:.1} ms (without a user namespace: {:.1} ms)",
+            column.name(),
+            m["start"]["median_ms"].as_f64().unwrap_or(f64::NAN),
+            out[column.ctx.handler.name()]["start"]["median_ms"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        );
+        out.insert(column.name(), m);
     }
     let version = daemon.version();
     // containerd and whatever is left go now, not at exit (the fixture's own teardown).
