@@ -2,6 +2,7 @@
 //! runs a `hostUsers: false` pod, and the "drop-in recipe" that gets our shims introspected:
 //! `runtime_type = "io.containerd.runc.v2"` with `runtime_path` naming our shim (see
 //! `integration::cri::handler_features`). A pod on that recipe runs on the sandbox shim.
+use integration::cri::api::{Mount, MountPropagation};
 use integration::cri::client::*;
 use integration::cri::handler_features::{runtime_handlers, RUNC_RS_RUNC_TYPE, SANDBOX_RUNC_TYPE};
 use integration::cri::{Ctx, Handler};
@@ -50,6 +51,10 @@ async fn status_reports_user_namespaces_per_handler() {
         for h in &handlers {
             eprintln!("  {h:?}");
         }
+        // "rro" among the features' mount options: CRI then passes kubelet's recursive
+        // read-only volumes to the sandbox shim (and checks the kernel can).
+        let rro = |name: &str| handlers.iter().find(|h| h.0 == name).map(|h| h.2);
+        assert_eq!(rro(SANDBOX_RUNC_TYPE), Some(true), "{handlers:?}");
         let userns = |name: &str| {
             handlers
                 .iter()
@@ -106,6 +111,62 @@ async fn drop_in_recipe_runs_pods_on_the_sandbox_shim() {
         ctx.cri.stop_pod(&pod.id).await.expect("StopPodSandbox");
         ctx.cri.remove_pod(&pod.id).await.expect("RemovePodSandbox");
         wait_gone(shim, "the pod's shim").await;
+    })
+    .await
+}
+
+/// A recursive read-only volume (kubelet's `recursiveReadOnly: Enabled`) on the sandbox shim:
+/// a mount below the volume's source is read-only inside too; a plain read-only volume of the
+/// same source leaves that one writable (read-only applies to the top mount only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_volumes_on_the_sandbox_shim() {
+    run(async |ctx| {
+        let volume = tempfile::tempdir_in(ctx.daemon.dir()).unwrap();
+        let sub = volume.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        // In containerd's mount namespace, where the pods' host paths are.
+        let sub_path = sub.to_string_lossy().into_owned();
+        let out = ctx
+            .daemon
+            .nsenter(&["mount", "-t", "tmpfs", "tmpfs", &sub_path]);
+        assert!(
+            out.status.success(),
+            "mount a tmpfs below the volume: {out:?}"
+        );
+        struct Unmount<'a>(&'a integration::cri::CriDaemon, String);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.nsenter(&["umount", "-l", &self.1]);
+            }
+        }
+        let _unmount = Unmount(ctx.daemon, sub_path);
+
+        let pod = ctx
+            .run_pod_on(ctx.pod_config("rro"), SANDBOX_RUNC_TYPE)
+            .await;
+        let mut c = sleeper("app");
+        let host_path = volume.path().to_string_lossy().into_owned();
+        for (path, recursive) in [("/rro", true), ("/ro", false)] {
+            c.mounts.push(Mount {
+                container_path: path.into(),
+                host_path: host_path.clone(),
+                readonly: true,
+                recursive_read_only: recursive,
+                propagation: MountPropagation::PropagationPrivate as i32,
+                ..Default::default()
+            });
+        }
+        let id = pod.run(c).await;
+        let (_, err, code) = pod.exec(&id, &["touch", "/rro/sub/f"]).await;
+        assert_ne!(
+            code, 0,
+            "a write below a recursive read-only volume succeeded"
+        );
+        assert!(err.contains("Read-only file system"), "{err}");
+        let (_, err, code) = pod.exec(&id, &["touch", "/ro/sub/f"]).await;
+        assert_eq!(code, 0, "the plain read-only volume's submount: {err}");
+        let (_, _, code) = pod.exec(&id, &["touch", "/ro/f"]).await;
+        assert_ne!(code, 0, "the plain read-only volume itself is read-only");
     })
     .await
 }

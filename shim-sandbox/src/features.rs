@@ -8,7 +8,14 @@ pub fn document() -> Vec<u8> {
                   "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "bind", "rbind", "nosuid", "nodev", "noexec", "relatime",
                          "private", "rprivate", "shared", "rshared", "slave", "rslave",
-                         "idmap", "ridmap"],
+                         "idmap", "ridmap",
+                         // Recursive attributes, set by libcontainer with mount_setattr
+                         // (AT_RECURSIVE) on the bind's clone; CRI reads "rro" for kubelet's
+                         // recursive read-only volumes.
+                         "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec",
+                         "rnodiratime", "rdiratime", "rrelatime", "rnorelatime", "rnoatime",
+                         "ratime", "rstrictatime", "rnostrictatime", "rnosymfollow",
+                         "rsymfollow"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
             "cgroup": { "v1": true, "v2": true, "systemd": true, "systemdUser": false },
