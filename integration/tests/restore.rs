@@ -108,6 +108,15 @@ async fn checkpoint_exit(c: &Client, id: &str, image: &Path, io: &mut TaskIo) ->
     printed
 }
 
+/// Kills the restored task `id` (all its processes), checks that its counter went on from
+/// `before` on its new stdio and deletes the task.
+async fn kill_and_check_counter(c: &Client, id: &str, io: &mut TaskIo, before: u64) {
+    c.kill(id, "", libc::SIGKILL as u32, true).await.unwrap();
+    c.wait(id, "").await.unwrap();
+    continues(&counts(&io.stdout_text()), before);
+    c.delete_task(id).await.unwrap();
+}
+
 /// `printed` counts on from `last` without a gap.
 fn continues(printed: &[u64], last: u64) {
     let expected: Vec<u64> = (last + 1..).take(printed.len()).collect();
@@ -204,10 +213,7 @@ shim_tests!(restore_into_a_new_id_and_again_into_the_same, |ctx| {
     assert_eq!(memory_limit(pid).0, MEMORY_LIMIT);
 
     // Kill with all, delete: nothing left.
-    c.kill("ex2", "", libc::SIGKILL as u32, true).await.unwrap();
-    c.wait("ex2", "").await.unwrap();
-    continues(&counts(&io.stdout_text()), before);
-    c.delete_task("ex2").await.unwrap();
+    kill_and_check_counter(c, "ex2", &mut io, before).await;
     assert!(
         cgroups_of(&ns, "ex2").is_empty(),
         "{:?}",
@@ -297,10 +303,7 @@ shim_tests!(restore_with_a_terminal, |ctx| {
     c.start("tty", "").await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     c.resize("tty", "", 100, 30).await.unwrap();
-    c.kill("tty", "", libc::SIGKILL as u32, true).await.unwrap();
-    c.wait("tty", "").await.unwrap();
-    continues(&counts(&io.stdout_text()), before);
-    c.delete_task("tty").await.unwrap();
+    kill_and_check_counter(c, "tty", &mut io, before).await;
     c.delete_container("tty").await.unwrap();
 });
 
@@ -335,10 +338,7 @@ shim_tests!(restore_an_image_the_other_shim_wrote, |ctx| {
     let mut io = c.io("r", false);
     restore(c, "r", &image, &io).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    c.kill("r", "", libc::SIGKILL as u32, true).await.unwrap();
-    c.wait("r", "").await.unwrap();
-    continues(&counts(&io.stdout_text()), before);
-    c.delete_task("r").await.unwrap();
+    kill_and_check_counter(c, "r", &mut io, before).await;
     c.delete_container("r").await.unwrap();
 });
 

@@ -16,11 +16,7 @@ pub fn idmapped_mount(spec: &Value) -> Option<String> {
     let mounts = spec["mounts"].as_array()?;
     mounts
         .iter()
-        .find(|m| {
-            let mapped = !m["uidMappings"].is_null() || !m["gidMappings"].is_null();
-            let opts = m["options"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-            mapped || opts.iter().any(|o| o == "idmap" || o == "ridmap")
-        })
+        .find(|m| libshim::mount::idmap::is_idmapped(m))
         .map(|m| m["destination"].as_str().unwrap_or("?").to_string())
 }
 

@@ -41,16 +41,17 @@ pub struct Plan {
 
 /// Where the container is user-namespaced (`config`, its bundle's spec), rewrites the exec's
 /// `process` for libcontainer as above and returns what the executor finishes with.
+/// `init_pid` is asked for only then (it loads the container's state).
 pub fn plan(
     config: &Value,
     bundle: &Path,
-    init_pid: u32,
+    init_pid: impl FnOnce() -> Result<u32, BackendError>,
     process: &mut Value,
 ) -> Result<Option<Plan>, BackendError> {
     if !crate::idmapped::in_user_namespace(config) {
         return Ok(None);
     }
-    let path = format!("/proc/{init_pid}/ns/user");
+    let path = format!("/proc/{}/ns/user", init_pid()?);
     let userns = std::fs::File::open(&path)
         .map(OwnedFd::from)
         .map_err(|e| BackendError::io(format!("exec: open the container's {path}"), e))?;
@@ -164,7 +165,7 @@ mod tests {
     fn a_container_without_a_user_namespace_is_left_alone() {
         let mut process = json!({"user": {"uid": 5, "gid": 6}});
         let config = json!({"linux": {"namespaces": [{"type": "pid"}]}});
-        let plan = plan(&config, Path::new("/"), 1, &mut process).unwrap();
+        let plan = plan(&config, Path::new("/"), || Ok(1), &mut process).unwrap();
         assert!(plan.is_none());
         assert_eq!(process["user"]["uid"], 5);
     }
@@ -186,9 +187,14 @@ mod tests {
             "noNewPrivileges": true,
             "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"]},
         });
-        let plan = plan(&config, bundle.path(), std::process::id(), &mut process)
-            .unwrap()
-            .expect("userns plan");
+        let plan = plan(
+            &config,
+            bundle.path(),
+            || Ok(std::process::id()),
+            &mut process,
+        )
+        .unwrap()
+        .expect("userns plan");
         assert_eq!(process["user"], json!({"uid": 0, "gid": 0, "umask": 18}));
         assert_eq!(
             process["capabilities"]["bounding"],

@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use libshim::mount::idmap::{bind_idmapped, CloneOptions, IdMapping, Userns};
+pub use libshim::mount::idmap::in_user_namespace;
+use libshim::mount::idmap::{
+    bind_idmapped, is_idmapped, oci_mappings, CloneOptions, IdMapping, Userns,
+};
 use libshim::BackendError;
 use serde_json::Value;
 
@@ -20,43 +23,16 @@ pub struct Idmap {
     pub recursive: bool,
 }
 
-fn mappings(v: &Value) -> Option<Vec<IdMapping>> {
-    let list = v.as_array()?;
-    let one = |m: &Value| {
-        let n = |k: &str| m[k].as_u64().and_then(|n| u32::try_from(n).ok());
-        Some(IdMapping {
-            container_id: n("containerID")?,
-            host_id: n("hostID")?,
-            size: n("size")?,
-        })
-    };
-    let parsed: Vec<IdMapping> = list.iter().filter_map(one).collect();
-    (parsed.len() == list.len() && !parsed.is_empty()).then_some(parsed)
-}
-
-fn options(m: &Value) -> Vec<&str> {
-    m["options"]
-        .as_array()
-        .map(|o| o.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
-}
-
-/// Whether the container gets a user namespace (a new one or one it joins).
-pub fn in_user_namespace(spec: &Value) -> bool {
-    spec.pointer("/linux/namespaces")
-        .and_then(Value::as_array)
-        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"))
-}
-
 /// The idmap mount `m` asks for, if any. Without mappings of its own it takes the container's
 /// (runtime-spec 1.2's `idmap` option alone).
 pub fn wanted(spec: &Value, m: &Value) -> Result<Option<Idmap>, BackendError> {
-    let opts = options(m);
-    let recursive = opts.contains(&"ridmap");
-    let has_own = !m["uidMappings"].is_null() || !m["gidMappings"].is_null();
-    if !has_own && !recursive && !opts.contains(&"idmap") {
+    if !is_idmapped(m) {
         return Ok(None);
     }
+    let recursive = m["options"]
+        .as_array()
+        .is_some_and(|o| o.iter().any(|o| o == "ridmap"));
+    let has_own = !m["uidMappings"].is_null() || !m["gidMappings"].is_null();
     let dest = m["destination"].as_str().unwrap_or_default();
     let (uids, gids) = if has_own {
         (&m["uidMappings"], &m["gidMappings"])
@@ -66,7 +42,7 @@ pub fn wanted(spec: &Value, m: &Value) -> Result<Option<Idmap>, BackendError> {
             spec.pointer("/linux/gidMappings").unwrap_or(&Value::Null),
         )
     };
-    match (mappings(uids), mappings(gids)) {
+    match (oci_mappings(uids), oci_mappings(gids)) {
         (Some(uids), Some(gids)) => Ok(Some(Idmap {
             uids,
             gids,
@@ -96,16 +72,9 @@ pub fn strip_all(spec: &mut Value) -> bool {
         return false;
     };
     let mut any = false;
-    for m in mounts {
-        let opts = options(m);
-        if !m["uidMappings"].is_null()
-            || !m["gidMappings"].is_null()
-            || opts.contains(&"idmap")
-            || opts.contains(&"ridmap")
-        {
-            strip(m);
-            any = true;
-        }
+    for m in mounts.iter_mut().filter(|m| is_idmapped(m)) {
+        strip(m);
+        any = true;
     }
     any
 }

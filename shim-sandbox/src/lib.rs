@@ -126,12 +126,9 @@ impl Backend for SandboxBackend {
         })?;
         let config = exec_seccomp::container_config(&info.bundle)?;
         // Before the seccomp plan: in a user namespace the credentials are set from scratch.
-        let userns = if idmapped::in_user_namespace(&config) {
-            let pid = pid_of(load(info)?.pid().map(i32::from))?;
-            exec_userns::plan(&config, &info.bundle, pid, &mut process)?.map(Arc::new)
-        } else {
-            None
-        };
+        let init_pid = || pid_of(load(info)?.pid().map(i32::from));
+        let userns =
+            exec_userns::plan(&config, &info.bundle, init_pid, &mut process)?.map(Arc::new);
         let seccomp = exec_seccomp::plan(exec_seccomp::container_profile(&config)?, &mut process)?;
         let spec = serde_json::to_vec(&process).map_err(|e| {
             BackendError::InvalidArgument(format!("exec {exec_id}: process spec: {e}"))

@@ -9,11 +9,13 @@
 //! layer is not idmapped: the snapshotter chowned it to the mapped root already.
 //!
 //! A mount's idmap can only be set on a detached clone (open_tree), before it is attached.
+use std::borrow::Cow;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::sys::idmap as sys;
@@ -54,6 +56,41 @@ pub fn parse_list(list: &str) -> std::result::Result<Vec<IdMapping>, String> {
         .collect()
 }
 
+/// An OCI spec's mapping list (`linux.uidMappings`, a mount's `gidMappings`, ...); None when
+/// absent, empty or malformed.
+pub fn oci_mappings(list: &Value) -> Option<Vec<IdMapping>> {
+    let list = list.as_array()?;
+    let one = |m: &Value| {
+        let n = |k: &str| m[k].as_u64().and_then(|n| u32::try_from(n).ok());
+        Some(IdMapping {
+            container_id: n("containerID")?,
+            host_id: n("hostID")?,
+            size: n("size")?,
+        })
+    };
+    let parsed: Vec<IdMapping> = list.iter().filter_map(one).collect();
+    (parsed.len() == list.len() && !parsed.is_empty()).then_some(parsed)
+}
+
+/// Whether an OCI mount asks to be idmapped: mappings of its own or the `idmap`/`ridmap`
+/// option (containerd's `usesIDMapMounts`).
+pub fn is_idmapped(mount: &Value) -> bool {
+    let opts = mount["options"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    !mount["uidMappings"].is_null()
+        || !mount["gidMappings"].is_null()
+        || opts.iter().any(|o| o == "idmap" || o == "ridmap")
+}
+
+/// Whether an OCI spec's container gets a user namespace (a new one or one it joins).
+pub fn in_user_namespace(spec: &Value) -> bool {
+    spec.pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"))
+}
+
 /// A user namespace that carries id mappings for idmapped mounts; no process lives in it.
 pub struct Userns(OwnedFd);
 
@@ -77,8 +114,6 @@ pub struct CloneOptions {
     /// Idmap every mount of the clone, not only its top one (OCI's `ridmap`).
     pub recursive_idmap: bool,
     pub read_only: bool,
-    /// An MS_* propagation flag for the clone, or 0 to keep the source's.
-    pub propagation: u64,
 }
 
 /// A detached, idmapped clone of the mount at `source`, attached at `target` (an existing
@@ -95,32 +130,20 @@ pub fn bind_idmapped(
     } else {
         0
     };
-    sys::set_idmap(
-        tree.as_fd(),
-        userns.0.as_fd(),
-        opts.recursive_idmap,
-        attr,
-        opts.propagation,
-    )?;
+    sys::set_idmap(tree.as_fd(), userns.0.as_fd(), opts.recursive_idmap, attr)?;
     sys::move_mount(tree.as_fd(), target)
 }
 
-/// The uid and gid maps a rootfs mount's options ask for, and the options left for mount(2).
-pub fn take_options(options: &[String]) -> Result<(Option<Userns>, Vec<String>)> {
-    let mut uidmap = None;
-    let mut gidmap = None;
-    let mut rest = Vec::new();
-    for opt in options {
-        if let Some(v) = opt.strip_prefix("uidmap=") {
-            uidmap = Some(v);
-        } else if let Some(v) = opt.strip_prefix("gidmap=") {
-            gidmap = Some(v);
-        } else {
-            rest.push(opt.clone());
-        }
+/// The uid and gid maps a rootfs mount's options ask for, and the options left for mount(2)
+/// (borrowed as they are when there are none, the usual case).
+pub fn take_options(options: &[String]) -> Result<(Option<Userns>, Cow<'_, [String]>)> {
+    let is_map = |o: &String| o.starts_with("uidmap=") || o.starts_with("gidmap=");
+    if !options.iter().any(is_map) {
+        return Ok((None, Cow::Borrowed(options)));
     }
-    let (uidmap, gidmap) = match (uidmap, gidmap) {
-        (None, None) => return Ok((None, rest)),
+    let find = |prefix: &str| options.iter().find_map(|o| o.strip_prefix(prefix));
+    let rest: Vec<String> = options.iter().filter(|o| !is_map(o)).cloned().collect();
+    let (uidmap, gidmap) = match (find("uidmap="), find("gidmap=")) {
         (Some(u), Some(g)) => (u, g),
         _ => {
             return Err(Error::InvalidArgument(
@@ -139,7 +162,7 @@ pub fn take_options(options: &[String]) -> Result<(Option<Userns>, Vec<String>)>
             e,
         )
     })?;
-    Ok((Some(userns), rest))
+    Ok((Some(userns), Cow::Owned(rest)))
 }
 
 /// The deepest directory that holds every one of `dirs`.
@@ -284,7 +307,8 @@ mod tests {
         let opts = vec!["uidmap=0:1000:1".to_string(), "ro".to_string()];
         let err = take_options(&opts).err().expect("refused");
         assert!(err.to_string().contains("together"), "{err}");
-        let (none, rest) = take_options(&["ro".to_string()]).unwrap();
+        let plain = ["ro".to_string()];
+        let (none, rest) = take_options(&plain).unwrap();
         assert!(none.is_none());
         assert_eq!(rest, vec!["ro".to_string()]);
     }

@@ -63,7 +63,7 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
     let _lowers = match (&userns, m.type_.as_str()) {
         (Some(userns), "overlay") => {
             let staging = rootfs.with_file_name(IDMAPPED_LOWERS);
-            Some(idmap::idmap_lowers(&mut options, userns, &staging)?)
+            Some(idmap::idmap_lowers(options.to_mut(), userns, &staging)?)
         }
         _ => None,
     };

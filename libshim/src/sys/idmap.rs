@@ -31,14 +31,7 @@ fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
 /// this process that waits for its maps to be written and exits: the namespace lives on as
 /// long as the fd.
 pub fn userns_with_maps(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just made by pipe2 and are owned by nothing else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: without CLONE_VM or a new stack this is a fork. The child (the shim may be
     // threaded) makes raw syscalls only and never returns: it closes its copy of the pipe's
@@ -87,18 +80,17 @@ pub fn open_tree_clone(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
 }
 
 /// Idmaps the detached mount `tree` through `userns` (with `recursive`, every mount in it),
-/// also setting `attr_set` and giving it `propagation` (an MS_* propagation flag, or 0).
+/// also setting `attr_set`.
 pub fn set_idmap(
     tree: BorrowedFd<'_>,
     userns: BorrowedFd<'_>,
     recursive: bool,
     attr_set: u64,
-    propagation: u64,
 ) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | attr_set,
         attr_clr: 0,
-        propagation,
+        propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;

@@ -35,6 +35,24 @@ pub struct HolderSetup {
     pub cmdline: Option<(u64, Vec<u8>)>,
 }
 
+impl HolderSetup {
+    /// The CLONE_NEW* flags of the namespaces the pod gets of its own (no allocation: the
+    /// child calls it too).
+    fn new_namespaces(&self) -> libc::c_int {
+        let mut flags = 0;
+        for (wanted, flag) in [
+            (self.new_ipc, libc::CLONE_NEWIPC),
+            (self.new_uts, libc::CLONE_NEWUTS),
+            (self.new_pid, libc::CLONE_NEWPID),
+        ] {
+            if wanted {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
 /// The step of the holder's set-up that failed, as reported on the pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -104,24 +122,12 @@ pub fn cmdline(name: &str) -> Option<(u64, Vec<u8>)> {
 
 /// Clones the holder. Returns its pid once it is set up; the caller reaps it.
 pub fn spawn(setup: &HolderSetup) -> Result<u32, HolderError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(HolderError::Spawn(io::Error::last_os_error()));
-    }
-    // SAFETY: both fds were just made by pipe2 and are owned by nothing else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let mut flags = libc::SIGCHLD as libc::c_ulong;
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| HolderError::Spawn(e.into()))?;
     // With a user namespace the namespaces are made inside it, by the child (see below).
-    for (wanted, flag) in [
-        (setup.new_ipc, libc::CLONE_NEWIPC),
-        (setup.new_uts, libc::CLONE_NEWUTS),
-        (setup.new_pid, libc::CLONE_NEWPID),
-    ] {
-        if wanted && setup.userns.is_none() {
-            flags |= flag as libc::c_ulong;
-        }
+    let mut flags = libc::SIGCHLD as libc::c_ulong;
+    if setup.userns.is_none() {
+        flags |= setup.new_namespaces() as libc::c_ulong;
     }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: a clone without CLONE_VM and without a new stack is a fork: the child gets a
@@ -269,16 +275,7 @@ unsafe fn via_user_namespace(
             report_failure(report, JOIN_NETWORK, 0);
         }
     }
-    let mut flags = 0;
-    for (wanted, flag) in [
-        (setup.new_ipc, libc::CLONE_NEWIPC),
-        (setup.new_uts, libc::CLONE_NEWUTS),
-        (setup.new_pid, libc::CLONE_NEWPID),
-    ] {
-        if wanted {
-            flags |= flag;
-        }
-    }
+    let flags = setup.new_namespaces();
     if flags != 0 && libc::unshare(flags) != 0 {
         report_failure(report, UNSHARE, 0);
     }

@@ -183,12 +183,10 @@ impl PodFiles {
 
 /// The id mappings of a container with a user namespace, if it has both.
 fn container_id_mappings(spec: &Value) -> Option<(Value, Value)> {
-    let in_userns = spec["linux"]["namespaces"]
-        .as_array()
-        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "user"));
+    use crate::mount::idmap::{in_user_namespace, oci_mappings};
     let (uids, gids) = (&spec["linux"]["uidMappings"], &spec["linux"]["gidMappings"]);
-    let present = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
-    (in_userns && present(uids) && present(gids)).then(|| (uids.clone(), gids.clone()))
+    let valid = oci_mappings(uids).is_some() && oci_mappings(gids).is_some();
+    (in_user_namespace(spec) && valid).then(|| (uids.clone(), gids.clone()))
 }
 
 /// A container a dead pod shim left (see [`PodFiles::record_container`]).

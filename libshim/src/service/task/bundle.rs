@@ -51,18 +51,9 @@ pub fn outlives_init(spec: &serde_json::Value) -> bool {
 pub fn mapped_root(spec: &serde_json::Value) -> (u32, u32) {
     let host_of_root = |key: &str| {
         spec.pointer(&format!("/linux/{key}"))
-            .and_then(|m| m.as_array())
-            .and_then(|maps| {
-                maps.iter().find_map(|m| {
-                    let (inside, host, size) = (
-                        m["containerID"].as_u64()?,
-                        m["hostID"].as_u64()?,
-                        m["size"].as_u64()?,
-                    );
-                    (inside == 0 && size > 0).then_some(host as u32)
-                })
-            })
-            .unwrap_or(0)
+            .and_then(crate::mount::idmap::oci_mappings)
+            .and_then(|maps| maps.into_iter().find(|m| m.container_id == 0))
+            .map_or(0, |m| m.host_id)
     };
     (host_of_root("uidMappings"), host_of_root("gidMappings"))
 }
